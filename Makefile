@@ -1,0 +1,35 @@
+# mae_jax — the README's first two commands are `make demo` and `make test`.
+#
+# PYTHON must be a Python >= 3.12 (current jax needs it). When the name given
+# does not run (e.g. a pyenv shim for a version that is not active), we fall
+# back to pyenv's newest installed 3.12.
+PYTHON ?= python3.12
+VENV ?= .venv
+WORKDIR ?= workdirs/demo
+PYTEST_ARGS ?=
+
+PY_OK = $(shell $(1) -c 'import sys; sys.exit(sys.version_info < (3, 12))' >/dev/null 2>&1 && echo yes)
+PYENV_312 = $(shell v=$$(pyenv versions --bare 2>/dev/null | grep -E '^3\.12(\.[0-9]+)?$$' | sort -V | tail -1); \
+	[ -n "$$v" ] && echo "$$(pyenv root)/versions/$$v/bin/python3.12")
+BASE_PYTHON := $(if $(call PY_OK,$(PYTHON)),$(PYTHON),$(PYENV_312))
+VPY := $(VENV)/bin/python
+
+.PHONY: demo test env clean-demo
+env: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml setup.py
+	@if [ -z "$(BASE_PYTHON)" ]; then \
+	  echo "error: need Python >= 3.12: '$(PYTHON)' does not run and pyenv has no 3.12; run 'make PYTHON=/path/to/python3.12'" >&2; exit 1; fi
+	@[ -x $(VPY) ] || $(BASE_PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+demo: env
+	$(VPY) -m mae_jax.main --config=configs/demo.py --workdir=$(WORKDIR)
+
+test: env
+	$(VPY) -m pytest -q $(PYTEST_ARGS) tests
+
+clean-demo:
+	rm -rf $(WORKDIR)
