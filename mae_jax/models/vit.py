@@ -1,0 +1,216 @@
+"""Vision Transformer pieces: the size table, pre-norm blocks, a scanned block stack.
+
+Shapes: B batch, T tokens, D width, H heads, K head dim, M MLP width.
+
+Parameters carry *logical* axis names only ('embed', 'mlp', 'heads', 'kv',
+'layers', 'norm', 'patch'); `mae_jax.sharding` maps them to mesh axes using
+rules from the config, so the model never mentions a mesh.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
+
+from mae_jax.sharding import constrain
+
+# ViT sizes (Zhai et al., "Scaling Vision Transformers", Table 2; mu from big_vision).
+_WIDTH = dict(mu=32, Ti=192, S=384, M=512, B=768, L=1024, H=1280, g=1408, G=1664, e=1792)
+_DEPTH = dict(mu=1, Ti=12, S=12, M=12, B=12, L=24, H=32, g=40, G=48, e=56)
+_MLP = dict(mu=128, Ti=768, S=1536, M=2048, B=3072, L=4096, H=5120, g=6144, G=8192, e=15360)
+_HEADS = dict(mu=2, Ti=3, S=6, M=8, B=12, L=16, H=16, g=16, G=16, e=16)
+VARIANTS = tuple(_WIDTH)
+
+
+@dataclasses.dataclass(frozen=True)
+class ViTSize:
+  width: int
+  depth: int
+  mlp_dim: int
+  num_heads: int
+  patch: tuple[int, ...]  # one entry per spatial axis of the input
+
+
+def decode_variant(variant: str) -> ViTSize:
+  """"B/16" -> ViT-B with 16x16 patches; "B/2x16x16" -> 2x16x16 tubelets.
+
+  A single patch number means a square patch over 2 spatial axes.
+  """
+  name, sep, patch = variant.partition('/')
+  if not sep or name not in _WIDTH:
+    raise ValueError(
+        f'model.variant={variant!r}: expected "<size>/<patch>" with size one of '
+        f'{", ".join(VARIANTS)} (e.g. "B/16" or "B/2x16x16")')
+  try:
+    dims = tuple(int(p) for p in patch.split('x'))
+  except ValueError:
+    dims = ()
+  if not dims or min(dims) < 1:
+    raise ValueError(f'model.variant={variant!r}: patch {patch!r} must be '
+                     'positive integers joined by "x", e.g. 16 or 2x16x16')
+  if len(dims) == 1:
+    dims = dims * 2
+  return ViTSize(_WIDTH[name], _DEPTH[name], _MLP[name], _HEADS[name], dims)
+
+
+def param_init(init, axes: Sequence[str | None]):
+  """Wraps an initializer so its Param records logical axis names.
+
+  eager_sharding=False: we shard the whole state at once (sharding.py), rather
+  than letting flax place each variable on creation.
+  """
+  return nnx.with_partitioning(init, tuple(axes), eager_sharding=False)
+
+
+# MAE initializes every Linear with xavier-uniform and zero bias (He et al. 2022,
+# following the official code); LayerNorm eps is 1e-6.
+_xavier = nnx.initializers.xavier_uniform()
+_zeros = nnx.initializers.zeros_init()
+_ones = nnx.initializers.ones_init()
+LN_EPS = 1e-6
+
+
+def dense(d_in: int, d_out: int, axes: tuple[str | None, str | None], *,
+          dtype, rngs: nnx.Rngs) -> nnx.Linear:
+  """A Linear layer [.., d_in] -> [.., d_out] with logical axes on its kernel."""
+  bias_axis = 'norm' if axes[1] in ('embed', None) else axes[1]
+  return nnx.Linear(d_in, d_out, kernel_init=param_init(_xavier, axes),
+                    bias_init=param_init(_zeros, (bias_axis,)),
+                    dtype=dtype, rngs=rngs)
+
+
+def layer_norm(width: int, *, dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
+  # flax computes the statistics in float32 even when dtype is bfloat16.
+  return nnx.LayerNorm(width, epsilon=LN_EPS, dtype=dtype,
+                       scale_init=param_init(_ones, ('norm',)),
+                       bias_init=param_init(_zeros, ('norm',)), rngs=rngs)
+
+
+class Attention(nnx.Module):
+  """Multi-head self-attention. x: [B, T, D] -> [B, T, D]."""
+
+  def __init__(self, width: int, num_heads: int, *, dtype, implementation,
+               rngs: nnx.Rngs):
+    if width % num_heads:
+      raise ValueError(f'width {width} is not divisible by {num_heads} heads')
+    k = width // num_heads
+    # One [D, 3, H, K] projection; heads as their own axis so tensor parallelism
+    # can shard them without cutting across q/k/v. Fans match a [D, 3D] Linear.
+    self.qkv = nnx.Einsum(
+        'btd,dshk->btshk', (width, 3, num_heads, k), (3, num_heads, k),
+        kernel_init=param_init(nnx.initializers.xavier_uniform(
+            in_axis=0, out_axis=(1, 2, 3)), ('embed', None, 'heads', 'kv')),
+        bias_init=param_init(_zeros, (None, 'heads', 'kv')),
+        dtype=dtype, rngs=rngs)
+    self.out = nnx.Einsum(
+        'bthk,hkd->btd', (num_heads, k, width), (width,),
+        kernel_init=param_init(nnx.initializers.xavier_uniform(
+            in_axis=(0, 1), out_axis=2), ('heads', 'kv', 'embed')),
+        bias_init=param_init(_zeros, ('norm',)), dtype=dtype, rngs=rngs)
+    self.implementation = implementation
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    qkv = checkpoint_name(self.qkv(x), 'attn_qkv')
+    q, k, v = (constrain(qkv[:, :, i], ('batch', 'length', 'heads', 'kv'))
+               for i in range(3))
+    # Chooses a fused kernel per backend (cuDNN flash attention on GPU).
+    o = jax.nn.dot_product_attention(q, k, v, implementation=self.implementation)
+    o = checkpoint_name(o, 'attn_context')
+    return self.out(o)
+
+
+class Mlp(nnx.Module):
+  """x: [B, T, D] -> [B, T, D] through a GELU hidden layer [B, T, M]."""
+
+  def __init__(self, width: int, mlp_dim: int, *, dtype, rngs: nnx.Rngs):
+    self.fc1 = dense(width, mlp_dim, ('embed', 'mlp'), dtype=dtype, rngs=rngs)
+    self.fc2 = dense(mlp_dim, width, ('mlp', 'embed'), dtype=dtype, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    h = jax.nn.gelu(self.fc1(x), approximate=False)  # exact GELU, as PyTorch's
+    h = constrain(h, ('batch', 'length', 'mlp'))
+    h = checkpoint_name(h, 'mlp_hidden')
+    return self.fc2(h)
+
+
+class Block(nnx.Module):
+  """Pre-norm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+  def __init__(self, width: int, mlp_dim: int, num_heads: int, *, dtype,
+               attention, rngs: nnx.Rngs):
+    self.norm1 = layer_norm(width, dtype=dtype, rngs=rngs)
+    self.attn = Attention(width, num_heads, dtype=dtype,
+                          implementation=attention, rngs=rngs)
+    self.norm2 = layer_norm(width, dtype=dtype, rngs=rngs)
+    self.mlp = Mlp(width, mlp_dim, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = x + self.attn(self.norm1(x))
+    x = x + self.mlp(self.norm2(x))
+    return constrain(x, ('batch', 'length', 'act_embed'))
+
+
+def remat_policy(name: str, names: Sequence[str] = ()):
+  """Returns (use_remat, policy) for config.model.remat.
+
+  none: keep every activation (fastest, most memory); full: recompute the whole
+  block in the backward pass; dots: keep matmul outputs, recompute the rest;
+  names: keep only the activations tagged with checkpoint_name in `names`
+  (attn_qkv, attn_context, mlp_hidden).
+  """
+  policies = {
+      'none': (False, None),
+      'full': (True, None),
+      'dots': (True, jax.checkpoint_policies.dots_saveable),
+      'names': (True, jax.checkpoint_policies.save_only_these_names(*names)),
+  }
+  if name not in policies:
+    raise ValueError(f'model.remat={name!r}: allowed {sorted(policies)}')
+  return policies[name]
+
+
+class BlockStack(nnx.Module):
+  """`depth` blocks whose parameters are stacked on a leading 'layers' axis.
+
+  Applied with lax.scan, so compile time does not grow with depth and a remat
+  policy wraps one block. x: [B, T, D] -> [B, T, D].
+  """
+
+  def __init__(self, depth: int, width: int, mlp_dim: int, num_heads: int, *,
+               dtype, attention, remat: str = 'none',
+               remat_names: Sequence[str] = (), scan_unroll: int = 1,
+               rngs: nnx.Rngs):
+    @nnx.split_rngs(splits=depth)
+    @nnx.vmap(in_axes=(0,), out_axes=0,
+              transform_metadata={nnx.PARTITION_NAME: 'layers'})
+    def make(rngs: nnx.Rngs) -> Block:
+      return Block(width, mlp_dim, num_heads, dtype=dtype, attention=attention,
+                   rngs=rngs)
+
+    self.layers = make(rngs)
+    self.remat, self.remat_names = remat, tuple(remat_names)
+    self.scan_unroll = scan_unroll
+    remat_policy(remat, remat_names)  # validate early
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    graphdef, stacked = nnx.split(self.layers)
+
+    def body(x, layer_params):
+      return nnx.merge(graphdef, layer_params)(x), None
+
+    use_remat, policy = remat_policy(self.remat, self.remat_names)
+    if use_remat:
+      body = jax.checkpoint(body, policy=policy, prevent_cse=False)
+    x, _ = jax.lax.scan(body, x, stacked, unroll=self.scan_unroll)
+    return x
+
+
+def count_params(tree) -> int:
+  return sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
+
