@@ -1,0 +1,140 @@
+"""Python API: load a pretrained MAE from a workdir or checkpoint directory.
+
+  import mae_jax
+  mae = mae_jax.load('workdirs/demo')           # latest checkpoint
+  feats = mae.encode(images)                    # [N, D]
+  recon, mask = mae.reconstruct(images, rng=0)  # like images; mask [N, H, W]
+
+Images are [N, H, W, C] (or [N, H, W] when C = 1) at the model's size:
+uint8 pixels are normalized with the training config's mean/std and
+reconstructions come back as uint8; float inputs are taken as already
+normalized and reconstructions come back normalized.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from mae_jax import checkpoint, config as config_lib, optim, sharding
+from mae_jax import step as step_lib
+from mae_jax.data import transforms
+from mae_jax.evaluators.features import POOLS, pooled_features
+from mae_jax.models import mae as mae_lib
+
+
+def resolve(path: str, step: int | None = None) -> tuple[str, int]:
+  """workdir | workdir/checkpoints | workdir/checkpoints/<step> ->
+  (checkpoint root, step). Raises FileNotFoundError naming what was tried."""
+  path = os.path.abspath(path)
+  base = os.path.basename(path.rstrip('/'))
+  if re.fullmatch(r'\d+', base) and os.path.isdir(path):
+    return os.path.dirname(path), int(base) if step is None else step
+  for root in (os.path.join(path, 'checkpoints'), path):
+    if os.path.isdir(root):
+      steps = sorted(int(d) for d in os.listdir(root) if re.fullmatch(r'\d+', d)
+                     and os.path.isdir(os.path.join(root, d)))
+      if steps:
+        if step is not None and step not in steps:
+          raise FileNotFoundError(f'{root} has no checkpoint for step {step}; '
+                                  f'available: {steps}')
+        return root, steps[-1] if step is None else step
+  raise FileNotFoundError(
+      f'no checkpoint found at {path}: expected a workdir (with checkpoints/), '
+      'a checkpoints/ directory, or one step directory inside it')
+
+
+def restore(path: str, step: int | None = None,
+            mesh_config: dict | None = None):
+  """-> (config, StateSetup, params, step), params sharded on a mesh of the
+  local devices (data-parallel unless mesh_config says otherwise)."""
+  root, step = resolve(path, step)
+  ckpt = checkpoint.Checkpointer(root, async_save=False, read_only=True)
+  try:
+    config = ml_collections.ConfigDict(ckpt.meta(step)['config'])
+    config.mesh = ml_collections.ConfigDict(
+        mesh_config or dict(dcn=1, data=-1, fsdp=1, tensor=1))
+    mesh = sharding.make_mesh(config.mesh)
+    # The schedule's values do not matter here, only the optimizer's structure.
+    tx = optim.optimizer(config, lambda count: 0.0)
+    with sharding.rules_context(mesh, config.sharding.rules):
+      setup = step_lib.StateSetup(config, tx, mesh)
+      state = ckpt.restore(step, setup.abstract)
+  finally:
+    ckpt.close()
+  return config, setup, state.params, step
+
+
+class Pretrained:
+  """A loaded MAE. `.config` (ConfigDict), `.params` (pure dict of arrays),
+  `.step` (training steps done), `.model` (the flax NNX module)."""
+
+  def __init__(self, config: ml_collections.ConfigDict, setup, params: Any,
+               step: int):
+    self.config, self.params, self.step = config, params, step
+    self._setup = setup
+    self.graphdef = setup.graphdef
+    self._encode = jax.jit(functools.partial(pooled_features, self.graphdef),
+                           static_argnames='pool')
+    self._reconstruct = jax.jit(self._reconstruct_fn)
+
+  @property
+  def model(self) -> mae_lib.MAE:
+    return nnx.merge(self.graphdef, self.params)
+
+  def _prepare(self, images) -> tuple[np.ndarray, bool]:
+    x = np.asarray(images)
+    c = self.config
+    if x.ndim == 3 and c.model.channels == 1:
+      x = x[..., None]
+    want = (*config_lib.image_size(c), c.model.channels)
+    if x.ndim != 4 or tuple(x.shape[1:]) != want:
+      raise ValueError(f'images have shape {x.shape}; this model takes '
+                       f'[N, {", ".join(map(str, want))}] (uint8 pixels or '
+                       'normalized floats)')
+    if x.dtype == np.uint8:
+      return transforms.normalize(x, c.data.mean, c.data.std), True
+    if not np.issubdtype(x.dtype, np.floating):
+      raise ValueError(f'images have dtype {x.dtype}; use uint8 pixels or '
+                       'normalized floats')
+    return x.astype(np.float32), False
+
+  def encode(self, images, pool: str = 'mean') -> np.ndarray:
+    """[N, H, W, C] -> pooled encoder features [N, D] (all patches visible)."""
+    if pool not in POOLS:
+      raise ValueError(f'pool={pool!r}: allowed {POOLS}')
+    x, _ = self._prepare(images)
+    return np.asarray(self._encode(self.params, x, pool=pool))
+
+  def _reconstruct_fn(self, params, x, rng):
+    model = nnx.merge(self.graphdef, params)
+    return mae_lib.reconstruct(model, x, rng, self.config.target)
+
+  def reconstruct(self, images, rng: int | jax.Array = 0
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """-> (reconstruction like `images`, mask [N, H, W] with 1 = masked).
+
+    rng: a jax PRNG key or an int seed; it picks the random mask.
+    """
+    x, was_uint8 = self._prepare(images)
+    key = jax.random.key(rng) if isinstance(rng, int) else rng
+    recon, mask = self._reconstruct(self.params, x, key)
+    recon, mask = np.asarray(recon), np.asarray(mask)[..., 0]
+    if was_uint8:
+      recon = transforms.denormalize(recon, self.config.data.mean,
+                                     self.config.data.std)
+    if np.ndim(images) == 3:
+      recon = recon[..., 0]
+    return recon, mask
+
+
+def load(path: str, step: int | None = None) -> Pretrained:
+  """Loads the latest (or `step`) checkpoint of a workdir or checkpoint dir."""
+  return Pretrained(*restore(path, step))

@@ -1,0 +1,232 @@
+"""The config schema: every key, its default, and the checks that reject a bad
+value before anything is compiled.
+
+Config files in configs/ start from `base_config()` and change what they need;
+the result is locked, so a misspelt `--config.KEY=VALUE` fails at once.
+"""
+
+from __future__ import annotations
+
+import math
+
+import ml_collections
+
+from mae_jax import masking, sharding, targets
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # model init, masking and data order all derive from it
+
+  c.model = ml_collections.ConfigDict(dict(
+      variant='mu/4',       # "<size>/<patch>", sizes mu Ti S M B L H g G e
+      decoder='64d1b',      # "<width>d<blocks>b[<heads>h]"; MAE default 512d8b
+      image_size=32,        # int (square) or (H, W)
+      channels=3,
+      cls_token=True,
+      dtype='float32',      # compute dtype: float32 or bfloat16 (params stay fp32)
+      attention='',         # '' = best for the backend, 'xla', or 'cudnn'
+      remat='none',         # none | full | dots | names
+      remat_names=('attn_qkv', 'mlp_hidden'),  # kept activations for remat=names
+      scan_unroll=1,        # blocks per scan iteration (1 = fully rolled)
+  ))
+  c.masking = ml_collections.ConfigDict(dict(name='random', ratio=0.75))
+  c.target = 'norm_pixels'  # pixels | norm_pixels (MAE's norm_pix_loss)
+
+  c.data = ml_collections.ConfigDict(dict(
+      source='synthetic',   # mnist | digits | synthetic | folder | array_record | tfds
+      split='train',        # pretraining split
+      eval_split='test',    # split the evaluators test on ('' = none)
+      path='',              # folder: a directory; array_record: a glob, '{split}' is replaced
+      tfds_name='',         # tfds: dataset name, e.g. 'imagenet2012'
+      tfds_data_dir='',     # tfds: its data_dir ('' = TFDS default)
+      record_format='example',  # array_record: 'example' (tf.train.Example) | 'image_bytes'
+      image_key='image',    # feature names inside records
+      label_key='label',
+      synthetic_examples=1024,  # size of the synthetic source
+      crop_scale=(0.2, 1.0),    # random resized crop area range (MAE: 0.2-1.0)
+      crop_ratio=(3 / 4, 4 / 3),
+      hflip=True,
+      mean=(0.485, 0.456, 0.406),  # per-channel normalization (ImageNet)
+      std=(0.229, 0.224, 0.225),
+      worker_count=0,       # grain worker processes (0 = in the main process)
+      read_threads=4,       # grain threads reading/decoding per process
+      prefetch_batches=2,   # batches prepared ahead on the host
+      skip_bad_records=False,  # False: raise on a bad record; True: skip and count
+  ))
+
+  c.batch_size = 256      # global, across all processes
+  c.total_steps = 0       # one of total_steps / total_epochs must be > 0
+  c.total_epochs = 0.0
+  c.stop_at_step = 0      # > 0: save and stop there (split a run into jobs);
+                          # the schedule still spans the whole run
+  c.optim = ml_collections.ConfigDict(dict(
+      base_lr=1.5e-4,       # lr = base_lr * batch_size / lr_batch_base (MAE)
+      lr_batch_base=256,
+      warmup_steps=0,       # or warmup_epochs; linear warmup then cosine decay
+      warmup_epochs=0.0,
+      min_lr=0.0,
+      b1=0.9,
+      b2=0.95,
+      weight_decay=0.05,    # on weight matrices only: not norms, biases, tokens
+      clip_norm=0.0,        # global-norm gradient clipping; 0 = off
+  ))
+
+  c.mesh = ml_collections.ConfigDict(dict(dcn=1, data=-1, fsdp=1, tensor=1))
+  c.sharding = ml_collections.ConfigDict(dict(
+      rules=sharding.DEFAULT_RULES,
+      min_sharded_bytes=64 * 2**20,  # larger params must not be replicated
+  ))
+
+  c.log_every = 50
+  c.checkpoint_every = 1000
+  c.keep_checkpoints = 3
+  c.progress = True       # console progress line
+  # Evaluators (mae_jax/evaluators): each runs at the end of training and every
+  # `every_steps` steps if > 0; `python -m mae_jax.evaluate` runs them on a
+  # workdir. The feature evaluators also score the same architecture at
+  # random init on the same split, so the gain from pretraining is visible.
+  c.evals = ml_collections.ConfigDict(dict(
+      reconstruction=dict(enabled=True, every_steps=0, num_images=8),
+      linear_probe=dict(enabled=False, every_steps=0, pool='mean',
+                        max_train_examples=0, max_test_examples=0, epochs=100,
+                        lr=1e-3, l2=1e-4, batch_size=256),
+      knn=dict(enabled=False, every_steps=0, pool='mean', max_train_examples=0,
+               max_test_examples=0, k=20, temperature=0.07),
+  ))
+  c.eval_batch_size = 256  # global batch for feature extraction
+  return c
+
+
+def finalize(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  c.lock()
+  return c
+
+
+class ConfigError(ValueError):
+  """A config (or a workdir/checkpoint) the run cannot use; the message names
+  the key and what is allowed. The CLI prints it without a traceback."""
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+  """Config-file argument "variant=B/16,epochs=800" -> ConfigDict typed like
+  `defaults` (big_vision style: configs/NAME.py:ARG)."""
+  out = ml_collections.ConfigDict(defaults)
+  for item in filter(None, (arg or '').split(',')):
+    key, sep, value = item.partition('=')
+    if not sep or key not in defaults:
+      raise ConfigError(f'config argument {item!r}: expected KEY=VALUE with KEY '
+                        f'one of {sorted(defaults)}')
+    kind = type(defaults[key])
+    if kind is bool:
+      if value.lower() not in ('true', 'false', '1', '0'):
+        raise ConfigError(f'config argument {key}={value!r}: expected true/false')
+      out[key] = value.lower() in ('true', '1')
+    else:
+      try:
+        out[key] = kind(value)
+      except ValueError:
+        raise ConfigError(f'config argument {key}={value!r}: expected a value '
+                          f'of type {kind.__name__}') from None
+  return out
+
+
+_DTYPES = ('float32', 'bfloat16')
+_ATTENTION = ('', 'xla', 'cudnn')
+
+
+def _fail(key: str, value, allowed: str):
+  raise ConfigError(f'config.{key}={value!r}: {allowed}')
+
+
+def image_size(c) -> tuple[int, int]:
+  s = c.model.image_size
+  return (s, s) if isinstance(s, int) else tuple(s)
+
+
+def validate(c: ml_collections.ConfigDict, num_devices: int | None = None,
+             process_count: int = 1) -> None:
+  """Raises ConfigError naming the key and what is allowed. Cheap: no jax work."""
+  try:
+    _validate(c, num_devices, process_count)
+  except ConfigError:
+    raise
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+
+
+def _validate(c, num_devices, process_count) -> None:
+  # Imported here: the model modules import this one's neighbours.
+  from mae_jax.data import sources  # pylint: disable=g-import-not-at-top
+  from mae_jax.models import mae, tokenizers, vit  # pylint: disable=g-import-not-at-top
+
+  size = vit.decode_variant(c.model.variant)
+  dec = mae.decode_decoder(c.model.decoder)
+  hw = image_size(c)
+  if len(hw) != len(size.patch) or any(s % p for s, p in zip(hw, size.patch)):
+    _fail('model.image_size', c.model.image_size,
+          f'must be divisible by the patch {size.patch} of '
+          f'model.variant={c.model.variant!r}')
+  if c.model.channels < 1:
+    _fail('model.channels', c.model.channels, 'must be >= 1')
+  grid = tokenizers.grid_shape(hw, size.patch)
+  for key, width in (('model.variant', size.width), ('model.decoder', dec.width)):
+    if width % (2 * len(grid)):
+      _fail(key, getattr(c.model, key.split('.')[1]),
+            f'width {width} must be divisible by {2 * len(grid)} for sin-cos '
+            'position embeddings')
+  if c.model.dtype not in _DTYPES:
+    _fail('model.dtype', c.model.dtype, f'allowed {_DTYPES}')
+  if c.model.attention not in _ATTENTION:
+    _fail('model.attention', c.model.attention, f'allowed {_ATTENTION}')
+  vit.remat_policy(c.model.remat, c.model.remat_names)
+  if c.model.scan_unroll < 1:
+    _fail('model.scan_unroll', c.model.scan_unroll, 'must be >= 1')
+
+  masking.get(c.masking.name)
+  ratio = c.masking.ratio
+  if not 0.0 < ratio < 1.0:
+    _fail('masking.ratio', ratio, 'must be in the open interval (0, 1)')
+  kept = masking.num_kept(math.prod(grid), ratio)
+  if kept < 1:
+    _fail('masking.ratio', ratio, f'keeps {kept} of {math.prod(grid)} patches; '
+          'at least one must stay visible')
+  targets.get(c.target)
+
+  sources.check_config(c.data)
+
+  if c.batch_size < 1:
+    _fail('batch_size', c.batch_size, 'must be >= 1')
+  if c.batch_size % process_count:
+    _fail('batch_size', c.batch_size,
+          f'must be divisible by the number of processes ({process_count})')
+  if num_devices is not None:
+    mesh = sharding.mesh_shape(c.mesh, num_devices)
+    dp = mesh['dcn'] * mesh['data'] * mesh['fsdp']
+    if c.batch_size % dp:
+      _fail('batch_size', c.batch_size,
+            f'must be divisible by the data-parallel size {dp} '
+            f'(mesh.dcn x mesh.data x mesh.fsdp = {mesh})')
+  sharding.validate_rules(c.sharding.rules)
+
+  if (c.total_steps > 0) == (c.total_epochs > 0):
+    _fail('total_steps', c.total_steps,
+          f'set exactly one of total_steps / total_epochs to a positive value '
+          f'(total_epochs={c.total_epochs})')
+  o = c.optim
+  if o.base_lr <= 0:
+    _fail('optim.base_lr', o.base_lr, 'must be > 0')
+  if o.warmup_steps < 0 or o.warmup_epochs < 0:
+    _fail('optim.warmup_steps', o.warmup_steps, 'warmup must be >= 0')
+  if not (0 <= o.b1 < 1 and 0 <= o.b2 < 1):
+    _fail('optim.b1', (o.b1, o.b2), 'Adam betas must be in [0, 1)')
+  if o.weight_decay < 0 or o.clip_norm < 0:
+    _fail('optim.weight_decay', o.weight_decay,
+          'weight_decay and clip_norm must be >= 0')
+  if c.stop_at_step < 0:
+    _fail('stop_at_step', c.stop_at_step, 'must be >= 0 (0 = run to the end)')
+  for key in ('log_every', 'checkpoint_every', 'keep_checkpoints'):
+    if c[key] < 1:
+      _fail(key, c[key], 'must be >= 1')
+  from mae_jax import evaluators  # pylint: disable=g-import-not-at-top
+  evaluators.check_config(c)

@@ -1,0 +1,9 @@
+"""Evaluators: `Evaluator.run(params, step) -> metrics`, looked up by name.
+
+Importing the modules below registers them.
+"""
+
+from mae_jax.evaluators import knn, linear_probe, reconstruction  # registers
+from mae_jax.evaluators.base import (EVALUATORS, EvalContext, Evaluator,
+                                     FeatureEvaluator, build, check_config,
+                                     register)

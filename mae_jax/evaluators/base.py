@@ -1,0 +1,133 @@
+"""The evaluator contract and registry.
+
+An evaluator is a class registered under a name, configured by
+`config.evals.<name>` (always with `enabled` and `every_steps`), constructed
+with the shared EvalContext and run as `run(params, step) -> {key: value}`.
+Adding one = a class + `@register('name')` + a config entry in config.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import ml_collections
+
+from mae_jax.evaluators.features import FeatureExtractor
+
+EVALUATORS: dict[str, type] = {}
+
+
+def register(name: str):
+  def wrap(cls):
+    cls.name = name
+    EVALUATORS[name] = cls
+    return cls
+  return wrap
+
+
+@dataclasses.dataclass
+class EvalContext:
+  """What every evaluator may use; built once per run by train.py/evaluate.py.
+
+  init_params: key -> random-init params (the baseline), sharded like training.
+  """
+  config: ml_collections.ConfigDict
+  graphdef: Any
+  mesh: jax.sharding.Mesh
+  init_params: Callable[[jax.Array], Any]
+  baseline_key: jax.Array
+  writer: Any  # metrics.MetricWriter
+  workdir: str
+  _baseline: Any = None
+  _features: FeatureExtractor | None = None
+
+  @property
+  def features(self) -> FeatureExtractor:
+    if self._features is None:
+      self._features = FeatureExtractor(self.config, self.graphdef, self.mesh)
+    return self._features
+
+  def baseline_params(self):
+    """The same architecture at random init (the seed's step-0 parameters)."""
+    if self._baseline is None:
+      self._baseline = self.init_params(self.baseline_key)
+    return self._baseline
+
+
+class Evaluator:
+  name = ''
+
+  def __init__(self, ctx: EvalContext, cfg: ml_collections.ConfigDict):
+    self.ctx, self.cfg = ctx, cfg
+    self.every_steps = cfg.every_steps
+
+  def run(self, params, step: int) -> dict[str, float]:
+    raise NotImplementedError
+
+
+class FeatureEvaluator(Evaluator):
+  """Scores frozen features of the trained encoder and, with the same recipe,
+  of the random-init encoder: {name}/accuracy, {name}/random_init_accuracy."""
+
+  def score(self, train_x, train_y, test_x, test_y, num_classes: int) -> float:
+    raise NotImplementedError
+
+  def run(self, params, step: int) -> dict[str, float]:
+    out = {}
+    for prefix, p, tag in (('', params, ('trained', step)),
+                           ('random_init_', self.ctx.baseline_params(),
+                            'baseline')):
+      out[f'{self.name}/{prefix}accuracy'] = self.score(
+          *self.labelled_features(p, tag))
+    return out
+
+  def labelled_features(self, params, tag):
+    """-> (train_x, train_y, test_x, test_y, num_classes): pooled features of
+    config.data.split and config.data.eval_split (see FeatureExtractor)."""
+    c, cfg = self.ctx.config, self.cfg
+    if not c.data.eval_split:
+      raise ValueError(f'evaluator {self.name} needs config.data.eval_split '
+                       '(a labelled test split); it is empty')
+    train_x, train_y = self.ctx.features(
+        params, c.data.split, pool=cfg.pool,
+        max_examples=cfg.max_train_examples, tag=tag)
+    test_x, test_y = self.ctx.features(
+        params, c.data.eval_split, pool=cfg.pool,
+        max_examples=cfg.max_test_examples, tag=tag)
+    if train_y.min() < 0 or test_y.min() < 0:
+      raise ValueError(f'evaluator {self.name} needs labels, but '
+                       f'config.data.source={c.data.source!r} has unlabelled '
+                       'examples')
+    num_classes = int(max(train_y.max(), test_y.max())) + 1
+    return train_x, train_y, test_x, test_y, num_classes
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  for name, cfg in config.evals.items():
+    if name not in EVALUATORS:
+      raise ValueError(f'config.evals.{name}: unknown evaluator; allowed '
+                       f'{sorted(EVALUATORS)}')
+    if cfg.every_steps < 0:
+      raise ValueError(f'config.evals.{name}.every_steps={cfg.every_steps}: '
+                       'must be >= 0 (0 = only at the end)')
+    check = getattr(EVALUATORS[name], 'check_config', None)
+    if check:
+      check(config, cfg)
+  if config.eval_batch_size < 1:
+    raise ValueError(f'config.eval_batch_size={config.eval_batch_size}: '
+                     'must be >= 1')
+
+
+def build(ctx: EvalContext, names: list[str] | None = None) -> list[Evaluator]:
+  """The enabled evaluators (or exactly `names`, enabled or not)."""
+  out = []
+  for name, cfg in ctx.config.evals.items():
+    if (names is None and cfg.enabled) or (names is not None and name in names):
+      out.append(EVALUATORS[name](ctx, cfg))
+  unknown = set(names or ()) - set(EVALUATORS)
+  if unknown:
+    raise ValueError(f'unknown evaluators {sorted(unknown)}; allowed '
+                     f'{sorted(EVALUATORS)}')
+  return out

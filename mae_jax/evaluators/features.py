@@ -1,0 +1,81 @@
+"""Frozen, pooled encoder features of a whole split, for probes and k-NN."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+from jax.experimental import multihost_utils
+
+from mae_jax import config as config_lib
+from mae_jax import data, sharding
+
+POOLS = ('mean', 'cls')
+
+
+def pooled_features(graphdef, params, images: jax.Array, pool: str) -> jax.Array:
+  """images: [B, *S, C] -> [B, D]: the encoder on all patches (no masking),
+  then the mean of the patch tokens or the cls token."""
+  model = nnx.merge(graphdef, params)
+  tokens = model.encode(model.patchify(images))  # [B, (1+)L, D]
+  has_cls = model.cls_token is not None
+  if pool == 'cls':
+    if not has_cls:
+      raise ValueError('pool="cls" needs model.cls_token=True')
+    return tokens[:, 0].astype(jnp.float32)
+  return tokens[:, int(has_cls):].mean(axis=1).astype(jnp.float32)
+
+
+class FeatureExtractor:
+  """Encodes a split batch by batch over the mesh; every process gets all
+  features (needed by the probes, which are small)."""
+
+  def __init__(self, config: ml_collections.ConfigDict, graphdef,
+               mesh: jax.sharding.Mesh):
+    self.config, self.mesh = config, mesh
+    rules = config.sharding.rules
+    hw = config_lib.image_size(config)
+    self._image_sharding = sharding.batch_sharding(mesh, rules, 2 + len(hw))
+    self._encode = jax.jit(functools.partial(pooled_features, graphdef),
+                           static_argnames='pool')
+    self._cache: dict = {}
+
+  def __call__(self, params, split: str, *, pool: str, max_examples: int,
+               tag) -> tuple[np.ndarray, np.ndarray]:
+    """-> (features float32 [N, D], labels int32 [N]). Results are cached under
+    `tag` (e.g. 'baseline' or ('trained', step)); a new trained tag evicts the
+    previous one."""
+    key = (tag, split, pool, max_examples)
+    if key not in self._cache:
+      if tag != 'baseline':
+        self._cache = {k: v for k, v in self._cache.items() if k[0] == 'baseline'}
+      self._cache[key] = self._extract(params, split, pool, max_examples)
+    return self._cache[key]
+
+  def _extract(self, params, split, pool, max_examples):
+    c = self.config
+    pc, pi = jax.process_count(), jax.process_index()
+    feats, labels = [], []
+    for batch in data.eval_batches(
+        c.data, split, image_size=config_lib.image_size(c),
+        channels=c.model.channels, batch_size=c.eval_batch_size // pc,
+        process_index=pi, process_count=pc, max_examples=max_examples):
+      images = sharding.to_global(batch['image'], self._image_sharding)
+      f = self._encode(params, images, pool=pool)
+      if pc > 1:
+        f = multihost_utils.process_allgather(f, tiled=True)
+        meta = multihost_utils.process_allgather(
+            np.stack([batch['label'], batch['valid']], axis=1), tiled=True)
+      else:
+        meta = np.stack([batch['label'], batch['valid']], axis=1)
+      valid = meta[:, 1].astype(bool)
+      feats.append(np.asarray(f)[valid])
+      labels.append(meta[valid, 0].astype(np.int32))
+    if not feats:
+      raise ValueError(f'data split {split!r} of config.data.source='
+                       f'{c.data.source!r} has no examples to evaluate on')
+    return np.concatenate(feats), np.concatenate(labels)

@@ -1,0 +1,93 @@
+"""Reconstruction pictures: PNG grids of original | masked | reconstruction.
+
+Writes <workdir>/images/reconstruction_<step>.png and a TensorBoard image,
+and reports the masked-patch loss on the pictured examples.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from PIL import Image
+
+from mae_jax import config as config_lib
+from mae_jax import data, sharding, targets
+from mae_jax.data import transforms
+from mae_jax.evaluators.base import Evaluator, register
+from mae_jax.models import mae
+
+_GAP = 2  # pixels between panels
+
+
+def _panels(graphdef, params, images, rng, target: str):
+  """images: [N, H, W, C] -> (recon [N, H, W, C], mask [N, H, W, 1], loss)."""
+  model = nnx.merge(graphdef, params)
+  recon, mask = mae.reconstruct(model, images, rng, target)
+  pred, m, patches = model(images, rng)  # same rng: the same mask
+  loss = targets.masked_mse(pred, targets.get(target)(patches), m.mask)
+  return recon, mask, loss
+
+
+def picture_grid(images: np.ndarray, recon: np.ndarray, mask: np.ndarray,
+                 mean, std) -> np.ndarray:
+  """Rows of [original | masked | reconstruction] -> uint8 [H', W', 3].
+
+  images, recon: [N, H, W, C] normalized pixels; mask: [N, H, W, 1], 1 = masked.
+  Masked pixels are shown mid-gray in the middle panel.
+  """
+  orig = transforms.denormalize(images, mean, std)
+  rec = transforms.denormalize(recon, mean, std)
+  masked = np.where(mask > 0.5, np.uint8(128), orig)
+  if orig.shape[-1] == 1:
+    orig, rec, masked = (np.repeat(a, 3, axis=-1) for a in (orig, rec, masked))
+  n, h, w, _ = orig.shape
+  grid = np.full((n * (h + _GAP) - _GAP, 3 * (w + _GAP) - _GAP, 3), 255,
+                 np.uint8)
+  for i in range(n):
+    for j, panel in enumerate((orig[i], masked[i], rec[i])):
+      grid[i * (h + _GAP):i * (h + _GAP) + h,
+           j * (w + _GAP):j * (w + _GAP) + w] = panel
+  return grid
+
+
+@register('reconstruction')
+class Reconstruction(Evaluator):
+
+  @staticmethod
+  def check_config(config, cfg) -> None:
+    if cfg.num_images < 1:
+      raise ValueError(f'config.evals.reconstruction.num_images='
+                       f'{cfg.num_images}: must be >= 1')
+
+  def __init__(self, ctx, cfg):
+    super().__init__(ctx, cfg)
+    c = ctx.config
+    self._fn = jax.jit(functools.partial(_panels, ctx.graphdef),
+                       static_argnames='target')
+    split = c.data.eval_split or c.data.split
+    # Every process takes the same first images (pictures are replicated).
+    batch = next(data.eval_batches(
+        c.data, split, image_size=config_lib.image_size(c),
+        channels=c.model.channels, batch_size=cfg.num_images,
+        max_examples=cfg.num_images))
+    self._images = batch['image'][batch['valid']]
+    self._rng = jax.random.key(c.seed + 1)
+
+  def run(self, params, step: int) -> dict[str, float]:
+    c = self.ctx.config
+    images = jax.device_put(self._images, sharding.replicated(self.ctx.mesh))
+    recon, mask, loss = jax.device_get(
+        self._fn(params, images, self._rng, target=c.target))
+    if recon.ndim == 4 and jax.process_index() == 0:
+      grid = picture_grid(self._images, recon, mask, c.data.mean, c.data.std)
+      folder = os.path.join(self.ctx.workdir, 'images')
+      os.makedirs(folder, exist_ok=True)
+      Image.fromarray(grid).save(
+          os.path.join(folder, f'reconstruction_{step:07d}.png'))
+      self.ctx.writer.image(step, 'reconstruction', grid)
+    return {'reconstruction/loss': float(loss)}

@@ -1,0 +1,87 @@
+"""Command line: pretrain an MAE.
+
+  python -m mae_jax.main --config=configs/demo.py --workdir=workdirs/demo
+  python -m mae_jax.main --config=configs/mae_imagenet.py:variant=B/16 \
+      --workdir=gs://bucket/mae_b16 --config.data.tfds_data_dir=/data/tfds
+
+Rerunning the same command on the same workdir resumes. Multi-host: every
+process runs the same command; the processes find each other through the
+cluster's environment (TPU pods, SLURM) or --coordinator_address,
+--num_processes and --process_id.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), os.pardir, 'configs',
+                               'demo.py')
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', os.path.normpath(_DEFAULT_CONFIG),
+    'Config file, optionally with an argument: configs/NAME.py[:ARG].',
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    'workdir', None, 'Run directory: config.json, metrics.jsonl, checkpoints/, '
+    'images/, TensorBoard events.')
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', None, 'host:port of process 0, for multi-process '
+    'runs outside TPU pods / SLURM (which are detected automatically).')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None,
+                                      'With --coordinator_address.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None,
+                                   'With --coordinator_address.')
+
+
+def _cluster_detected() -> bool:
+  """Environments where jax.distributed.initialize() finds its peers itself."""
+  env = os.environ
+  return (int(env.get('SLURM_NTASKS', '1')) > 1
+          or len(env.get('TPU_WORKER_HOSTNAMES', '').split(',')) > 1
+          or 'JAX_COORDINATOR_ADDRESS' in env)
+
+
+def initialize_distributed() -> None:
+  import jax  # pylint: disable=g-import-not-at-top
+  # CPU collectives across processes (the local multi-process setup and tests).
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  if _COORDINATOR.value:
+    if _NUM_PROCESSES.value is None or _PROCESS_ID.value is None:
+      raise app.UsageError('--coordinator_address needs --num_processes and '
+                           '--process_id')
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
+                               _PROCESS_ID.value)
+  elif _cluster_detected():
+    jax.distributed.initialize()
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if not _WORKDIR.value:
+    raise app.UsageError('--workdir is required')
+  initialize_distributed()
+  # Imported after flag parsing: jax reads XLA flags and devices on import.
+  from mae_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from mae_jax import train  # pylint: disable=g-import-not-at-top
+  from mae_jax.data.transforms import BadRecordError  # pylint: disable=g-import-not-at-top
+  try:
+    result = train.train(_CONFIG.value, _WORKDIR.value)
+  except (config_lib.ConfigError, BadRecordError, train.NonFiniteLossError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_index() == 0:
+    print(json.dumps(result, indent=1))
+
+
+def run() -> None:
+  app.run(main)
+
+
+if __name__ == '__main__':
+  run()

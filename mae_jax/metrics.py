@@ -1,0 +1,112 @@
+"""Where numbers and pictures go: metrics.jsonl, TensorBoard, the console.
+
+Only process 0 writes; the others get a writer that does nothing, so callers
+never branch on the process index.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Mapping
+
+import numpy as np
+
+
+def _format_duration(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f'{h}h{m:02d}m' if h else f'{m}m{s:02d}s'
+
+
+class MetricWriter:
+  """metrics.jsonl (one JSON object per logged step), TensorBoard event files
+  in the workdir, and a progress line on stdout."""
+
+  def __init__(self, workdir: str, *, enabled: bool = True,
+               progress: bool = True, total_steps: int = 0):
+    self.enabled = enabled
+    self.progress = progress and enabled
+    self.total_steps = total_steps
+    self._tty = sys.stdout.isatty()
+    self._jsonl = self._tb = None
+    if enabled:
+      os.makedirs(workdir, exist_ok=True)
+      self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a',
+                         encoding='utf-8')
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self._tb = SummaryWriter(logdir=workdir, flush_secs=30)
+
+  def write(self, step: int, metrics: Mapping[str, float]) -> None:
+    """Appends one record; values must be Python/NumPy scalars."""
+    if not self.enabled:
+      return
+    record = {'step': int(step)}
+    for k, v in metrics.items():
+      v = float(v) if isinstance(v, (float, np.floating)) else v
+      record[k] = v.item() if isinstance(v, np.generic) else v
+    self._jsonl.write(json.dumps(record, allow_nan=True) + '\n')
+    self._jsonl.flush()
+    for k, v in record.items():
+      if k != 'step' and isinstance(v, (int, float)) and math.isfinite(v):
+        self._tb.add_scalar(k, v, step)
+
+  def image(self, step: int, tag: str, image: np.ndarray) -> None:
+    """image: uint8 [H, W, C]."""
+    if self.enabled:
+      self._tb.add_image(tag, image, step, dataformats='HWC')
+
+  def show_progress(self, step: int, metrics: Mapping[str, float],
+                    elapsed: float, start_step: int) -> None:
+    """step 120/3000 [4%] loss 0.8123 | 812 ex/s | eta 3m21s"""
+    if not self.progress:
+      return
+    done = step - start_step
+    total = self.total_steps
+    eta = elapsed / done * (total - step) if done > 0 else float('nan')
+    line = (f'step {step}/{total} [{100 * step / max(total, 1):3.0f}%] '
+            f'loss {metrics["loss"]:.4f} | '
+            f'{metrics.get("examples_per_sec", float("nan")):.0f} ex/s | '
+            f'eta {_format_duration(eta) if math.isfinite(eta) else "?"}')
+    if self._tty:
+      end = '\n' if step >= total else ''
+      print(f'\r{line:<78}', end=end, flush=True)
+    else:
+      print(line, flush=True)
+
+  def message(self, text: str) -> None:
+    if self.enabled:
+      if self._tty:
+        print()
+      print(text, flush=True)
+
+  def close(self) -> None:
+    if self.enabled:
+      self._jsonl.close()
+      self._tb.close()
+
+
+class Throughput:
+  """examples/s over each interval between calls (host wall clock)."""
+
+  def __init__(self, batch_size: int):
+    self.batch_size = batch_size
+    self.start(0)
+
+  def start(self, step: int) -> None:
+    self._t0 = self._t = time.perf_counter()
+    self._step = step
+
+  @property
+  def elapsed(self) -> float:
+    return time.perf_counter() - self._t0
+
+  def rate(self, step: int) -> float:
+    now = time.perf_counter()
+    rate = (step - self._step) * self.batch_size / max(now - self._t, 1e-9)
+    self._t, self._step = now, step
+    return rate

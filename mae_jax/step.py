@@ -1,0 +1,108 @@
+"""The train state, the loss and the one jitted train step.
+
+The model is a flax NNX module, but what crosses jit is plain data: a static
+`graphdef` (the module's structure) and a pure dict of parameter arrays.
+`nnx.merge(graphdef, params)` rebuilds the module inside the traced function,
+so every jitted function here is pure.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx
+
+from mae_jax import sharding, targets
+from mae_jax.models import mae
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array   # int32 [], number of updates applied
+  params: Any       # pure dict of float32 arrays
+  opt_state: Any
+
+
+def mae_loss(params, graphdef, images: jax.Array, rng: jax.Array,
+             target: str) -> tuple[jax.Array, dict]:
+  """images: [B, *S, C] -> (scalar loss, aux). Loss on masked patches only."""
+  model = nnx.merge(graphdef, params)
+  pred, mask, patches = model(images, rng)
+  loss = targets.masked_mse(pred, targets.get(target)(patches), mask.mask)
+  return loss, {'mask_ratio': jnp.mean(mask.mask)}
+
+
+def make_train_step(graphdef, tx: optax.GradientTransformation,
+                    lr: optax.Schedule, target: str) -> Callable:
+  """Returns train_step(state, batch, rng) -> (state, metrics)."""
+
+  def train_step(state: TrainState, batch: dict, rng: jax.Array):
+    # One key per step, independent of restarts: same step, same masks.
+    rng = jax.random.fold_in(rng, state.step)
+    grad_fn = jax.value_and_grad(mae_loss, has_aux=True)
+    (loss, aux), grads = grad_fn(state.params, graphdef, batch['image'], rng,
+                                 target)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {'loss': loss, 'grad_norm': optax.tree.norm(grads),
+               'learning_rate': lr(state.step), **aux}
+    return TrainState(state.step + 1, params, opt_state), metrics
+
+  return train_step
+
+
+class StateSetup:
+  """Abstract model -> logical specs -> shardings -> jitted, sharded init.
+
+  Nothing is materialized before its sharding is known, so the full model
+  never has to fit on one device (big_vision / maxtext pattern).
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict,
+               tx: optax.GradientTransformation, mesh: jax.sharding.Mesh):
+    self.config, self.tx, self.mesh = config, tx, mesh
+    rules = config.sharding.rules
+    abstract_model = nnx.eval_shape(lambda: mae.build(config, nnx.Rngs(0)))
+    self.graphdef, abstract_params = nnx.split(abstract_model)
+    logical = nnx.to_pure_dict(nnx.get_partition_spec(abstract_params))
+    self.abstract_params = nnx.to_pure_dict(abstract_params)
+    param_sh = sharding.tree_shardings(logical, self.abstract_params, mesh, rules)
+    sharding.check_sufficiently_sharded(
+        param_sh, self.abstract_params, mesh, config.sharding.min_sharded_bytes)
+    abstract = jax.eval_shape(self._init, jax.random.key(0))
+    repl = sharding.replicated(mesh)
+    opt_sh = optax.tree_map_params(
+        tx, lambda _, s: s, abstract.opt_state, param_sh,
+        transform_non_params=lambda _: repl,
+        is_leaf=lambda x: isinstance(x, jax.sharding.NamedSharding))
+    self.shardings = TrainState(step=repl, params=param_sh, opt_state=opt_sh)
+    self.abstract = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        abstract, self.shardings)
+
+  def _init_params(self, key: jax.Array):
+    model = mae.build(self.config, nnx.Rngs(params=key))
+    return nnx.to_pure_dict(nnx.state(model))
+
+  def _init(self, key: jax.Array) -> TrainState:
+    params = self._init_params(key)
+    return TrainState(jnp.zeros((), jnp.int32), params, self.tx.init(params))
+
+  def init(self, key: jax.Array) -> TrainState:
+    return jax.jit(self._init, out_shardings=self.shardings)(key)
+
+  def init_params(self, key: jax.Array):
+    """Parameters only (e.g. the random-init baseline of the evaluators)."""
+    return jax.jit(self._init_params, out_shardings=self.shardings.params)(key)
+
+  def jit_step(self, train_step: Callable, batch_shardings) -> Callable:
+    repl = sharding.replicated(self.mesh)
+    return jax.jit(train_step,
+                   in_shardings=(self.shardings, batch_shardings, repl),
+                   out_shardings=(self.shardings, repl),
+                   donate_argnums=(0,))

@@ -1,0 +1,226 @@
+"""The training loop: mesh -> data -> sharded init or resume -> steps ->
+checkpoints, logs and evaluators.
+
+Host-side only: the math lives in step.py. The loop never waits on the device
+between log/checkpoint points; per-step metrics stay on device until then.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import threading
+from typing import Any, Iterator
+
+import jax
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+
+from mae_jax import checkpoint, config as config_lib, data, evaluators
+from mae_jax import metrics as metrics_lib, optim, sharding, step as step_lib
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+class Preemption:
+  """SIGTERM -> save at the current step and stop cleanly.
+
+  With several processes, they agree (an all-reduce of the flag) at sync
+  points, so all of them save the same step.
+  """
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def should_stop(self, at_sync_point: bool) -> bool:
+    if jax.process_count() == 1:
+      return self.requested
+    if not at_sync_point:
+      return False
+    flags = multihost_utils.process_allgather(np.int32(self.requested))
+    return bool(np.max(flags))
+
+  def restore(self) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def device_batches(host_iter, batch_shardings: dict, prefetch: int
+                   ) -> Iterator[tuple[dict, Any, int]]:
+  """Yields (global device batch, iterator state after it, bad records
+  skipped), keeping `prefetch` batches in flight to the devices.
+
+  The iterator state is recorded with each batch because the live iterator
+  runs ahead of the step that is being checkpointed.
+  """
+  queue = collections.deque()
+
+  def enqueue():
+    host = next(host_iter)
+    state = host_iter.get_state()
+    batch = {k: sharding.to_global(host[k], s) for k, s in batch_shardings.items()}
+    queue.append((batch, state, int(np.sum(host.get('skipped', 0)))))
+
+  for _ in range(max(prefetch, 1)):
+    enqueue()
+  while True:
+    yield queue.popleft()
+    enqueue()
+
+
+def _check_finite(history: list[dict], first_step: int) -> None:
+  for i, m in enumerate(history):
+    if not (np.isfinite(m['loss']) and np.isfinite(m['grad_norm'])):
+      raise NonFiniteLossError(
+          f'non-finite loss at step {first_step + i} (loss={m["loss"]}, '
+          f'grad_norm={m["grad_norm"]}); stopping. The checkpoints already '
+          'saved are intact. Try a lower optim.base_lr, optim.clip_norm > 0 '
+          'or model.dtype=float32.')
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  with open(os.path.join(workdir, 'config.json'), 'w', encoding='utf-8') as f:
+    json.dump(config.to_dict(), f, indent=2, sort_keys=True)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Pretrains per `config` in `workdir`, resuming from its latest checkpoint.
+
+  Returns the last logged metrics plus the evaluators' results, and
+  'preempted': True when SIGTERM stopped the run early.
+  """
+  config_lib.validate(config, jax.device_count(), jax.process_count())
+  is_main = jax.process_index() == 0
+  mesh = sharding.make_mesh(config.mesh)
+  rules = config.sharding.rules
+  hw, channels = config_lib.image_size(config), config.model.channels
+  num_examples, _ = data.source_info(config.data, config.data.split,
+                                     image_size=hw, channels=channels)
+  total = optim.total_steps(config, num_examples)
+  lr = optim.schedule(config, num_examples)
+  tx = optim.optimizer(config, lr)
+  init_key, step_key = jax.random.split(jax.random.key(config.seed))
+
+  with sharding.rules_context(mesh, rules):
+    setup = step_lib.StateSetup(config, tx, mesh)
+    ckpt = checkpoint.Checkpointer(checkpoint.checkpoint_dir(workdir),
+                                   keep=config.keep_checkpoints)
+    latest = ckpt.latest_step()
+    if latest is not None:  # before anything in the workdir is touched
+      ckpt.check_compatible(latest, config, setup.abstract)
+    if is_main:
+      write_config(config, workdir)
+    host_iter = data.build_train_iterator(
+        config.data, image_size=hw, channels=channels,
+        global_batch=config.batch_size, seed=config.seed,
+        process_index=jax.process_index(), process_count=jax.process_count())
+    if latest is None:
+      state = setup.init(init_key)
+    else:
+      state = ckpt.restore(latest, setup.abstract, host_iter)
+    batch_sh = {'image': sharding.batch_sharding(mesh, rules, 2 + len(hw))}
+    train_step = setup.jit_step(
+        step_lib.make_train_step(setup.graphdef, tx, lr, config.target),
+        batch_sh)
+
+    writer = metrics_lib.MetricWriter(workdir, enabled=is_main,
+                                      progress=config.progress,
+                                      total_steps=total)
+    ctx = evaluators.EvalContext(config=config, graphdef=setup.graphdef,
+                                 mesh=mesh, init_params=setup.init_params,
+                                 baseline_key=init_key, writer=writer,
+                                 workdir=workdir)
+    evals = evaluators.build(ctx)
+    start = int(jax.device_get(state.step))
+    if start:
+      writer.message(f'resumed from {ckpt.directory} at step {start}')
+    preemption = Preemption()
+    try:
+      result = _loop(config, state, train_step, step_key, host_iter, batch_sh,
+                     ckpt, writer, evals, preemption, start, total)
+    finally:
+      preemption.restore()
+      ckpt.close()
+      writer.close()
+  return result
+
+
+def _loop(config, state, train_step, step_key, host_iter, batch_sh, ckpt,
+          writer, evals, preemption, start, total) -> dict[str, Any]:
+  end = min(total, config.stop_at_step or total)
+  batches = device_batches(host_iter, batch_sh, prefetch=2)
+  throughput = metrics_lib.Throughput(config.batch_size)
+  throughput.start(start)
+  pending: list[dict] = []  # per-step device metrics since the last sync
+  skipped = 0
+  last: dict[str, Any] = {}
+  first_rate = None
+  for s in range(start, end):
+    batch, data_state, n_skipped = next(batches)
+    state, m = train_step(state, batch, step_key)
+    pending.append(m)
+    skipped += n_skipped
+    done = s + 1
+    if first_rate is None:  # later intervals exclude compilation
+      jax.block_until_ready(m)
+      first_rate = throughput.rate(done)
+    is_log = done % config.log_every == 0 or done == end
+    is_ckpt = done % config.checkpoint_every == 0 or done == end
+    stop = preemption.should_stop(at_sync_point=is_log or is_ckpt)
+    if is_log or is_ckpt or stop:
+      history = jax.device_get(pending)
+      pending = []
+      try:
+        _check_finite(history, done - len(history) + 1)
+      except NonFiniteLossError:
+        writer.write(done, {k: float(v) for k, v in history[-1].items()})
+        ckpt.wait()
+        raise
+      if is_log:
+        last = {k: float(v) for k, v in history[-1].items()}
+        last['examples_per_sec'] = (first_rate if done == start + 1
+                                    else throughput.rate(done))
+        last['bad_records_skipped'] = skipped
+        writer.write(done, last)
+        writer.show_progress(done, last, throughput.elapsed, start + 1)
+    if is_ckpt or stop:
+      ckpt.save(done, state, data_state, config)
+    if stop:
+      ckpt.wait()
+      writer.message(f'SIGTERM: saved step {done} to {ckpt.directory}; '
+                     'rerun the same command to continue.')
+      return {**last, 'step': done, 'preempted': True}
+    for ev in evals:
+      if ev.every_steps and done % ev.every_steps == 0 and done != total:
+        writer.write(done, _run_eval(ev, state.params, done, writer))
+  if end < total:
+    ckpt.wait()
+    writer.message(f'stopped at step {end} of {total} (config.stop_at_step); '
+                   'rerun with a later stop_at_step (or 0) to continue.')
+    return {**last, 'step': end, 'preempted': False}
+  results = {}
+  for ev in evals:
+    results.update(_run_eval(ev, state.params, total, writer))
+  if results:
+    writer.write(total, results)
+  return {**last, **results, 'step': total, 'preempted': False}
+
+
+def _run_eval(ev, params, step: int, writer) -> dict[str, float]:
+  out = ev.run(params, step)
+  if out:
+    writer.message(f'[{ev.name} @ step {step}] ' + ', '.join(
+        f'{k}={v:.4f}' for k, v in out.items()))
+  return out

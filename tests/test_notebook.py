@@ -1,0 +1,26 @@
+"""The demo notebook runs top to bottom on a tiny trained workdir."""
+
+import nbformat
+from nbclient import NotebookClient
+
+from mae_jax import train
+from conftest import ROOT, load_config
+
+
+def test_demo_notebook_executes(tmp_path, monkeypatch):
+  workdir = tmp_path / 'run'
+  train.train(load_config('test'), str(workdir))
+  monkeypatch.setenv('MAE_JAX_WORKDIR', str(workdir))
+  monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
+  nb = nbformat.read(ROOT / 'notebooks' / 'demo.ipynb', as_version=4)
+  NotebookClient(nb, timeout=300, kernel_name='python3', resources={
+      'metadata': {'path': str(ROOT / 'notebooks')}}).execute()
+  text = '\n'.join(o.get('text', '') for cell in nb.cells
+                   if cell.cell_type == 'code' for o in cell.outputs)
+  assert 'step 4: mu/4 encoder' in text
+  assert '0.75 of the pixels were hidden' in text
+  assert 'same key, same mask: True' in text
+  assert 'other key, other mask: True' in text
+  images = [o for cell in nb.cells if cell.cell_type == 'code'
+            for o in cell.outputs if 'image/png' in o.get('data', {})]
+  assert len(images) == 2
