@@ -11,7 +11,7 @@ from mae_jax import config as config_lib
 
 
 def get_config(arg: str | None = None):
-  a = config_lib.parse_arg(arg, variant='Ti/4', decoder='128d2b', epochs=30,
+  a = config_lib.parse_arg(arg, variant='Ti/7', decoder='128d2b', epochs=30,
                            batch=128)
   c = config_lib.base_config()
   c.model.variant = a.variant

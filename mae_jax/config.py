@@ -55,7 +55,8 @@ def base_config() -> ml_collections.ConfigDict:
       skip_bad_records=False,  # False: raise on a bad record; True: skip and count
   ))
 
-  c.batch_size = 256      # global, across all processes
+  c.batch_size = 256      # global, across all processes (and micro-batches)
+  c.grad_accum_steps = 1  # micro-batches per step: same update, 1/k activations
   c.total_steps = 0       # one of total_steps / total_epochs must be > 0
   c.total_epochs = 0.0
   c.stop_at_step = 0      # > 0: save and stop there (split a run into jobs);
@@ -70,6 +71,7 @@ def base_config() -> ml_collections.ConfigDict:
       b2=0.95,
       weight_decay=0.05,    # on weight matrices only: not norms, biases, tokens
       clip_norm=0.0,        # global-norm gradient clipping; 0 = off
+      mu_dtype='',          # Adam first moment dtype ('' = param dtype, or bfloat16)
   ))
 
   c.mesh = ml_collections.ConfigDict(dict(dcn=1, data=-1, fsdp=1, tensor=1))
@@ -90,7 +92,7 @@ def base_config() -> ml_collections.ConfigDict:
       reconstruction=dict(enabled=True, every_steps=0, num_images=8),
       linear_probe=dict(enabled=False, every_steps=0, pool='mean',
                         max_train_examples=0, max_test_examples=0, epochs=100,
-                        lr=1e-3, l2=1e-4, batch_size=256),
+                        lr=1e-2, l2=1e-4, batch_size=256),
       knn=dict(enabled=False, every_steps=0, pool='mean', max_train_examples=0,
                max_test_examples=0, k=20, temperature=0.07),
   ))
@@ -200,12 +202,17 @@ def _validate(c, num_devices, process_count) -> None:
   if c.batch_size % process_count:
     _fail('batch_size', c.batch_size,
           f'must be divisible by the number of processes ({process_count})')
+  if c.grad_accum_steps < 1 or c.batch_size % c.grad_accum_steps:
+    _fail('grad_accum_steps', c.grad_accum_steps,
+          f'must be >= 1 and divide batch_size={c.batch_size}')
   if num_devices is not None:
     mesh = sharding.mesh_shape(c.mesh, num_devices)
     dp = mesh['dcn'] * mesh['data'] * mesh['fsdp']
-    if c.batch_size % dp:
+    micro = c.batch_size // c.grad_accum_steps
+    if micro % dp:
       _fail('batch_size', c.batch_size,
-            f'must be divisible by the data-parallel size {dp} '
+            f'{"per micro-batch " if c.grad_accum_steps > 1 else ""}must be '
+            f'divisible by the data-parallel size {dp} '
             f'(mesh.dcn x mesh.data x mesh.fsdp = {mesh})')
   sharding.validate_rules(c.sharding.rules)
 
@@ -220,6 +227,8 @@ def _validate(c, num_devices, process_count) -> None:
     _fail('optim.warmup_steps', o.warmup_steps, 'warmup must be >= 0')
   if not (0 <= o.b1 < 1 and 0 <= o.b2 < 1):
     _fail('optim.b1', (o.b1, o.b2), 'Adam betas must be in [0, 1)')
+  if o.mu_dtype not in ('',) + _DTYPES:
+    _fail('optim.mu_dtype', o.mu_dtype, f"allowed '' or {_DTYPES}")
   if o.weight_decay < 0 or o.clip_norm < 0:
     _fail('optim.weight_decay', o.weight_decay,
           'weight_decay and clip_norm must be >= 0')

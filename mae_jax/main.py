@@ -16,7 +16,7 @@ import json
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), os.pardir, 'configs',
@@ -64,6 +64,9 @@ def main(argv) -> None:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if not _WORKDIR.value:
     raise app.UsageError('--workdir is required')
+  if not flags.FLAGS['verbosity'].present:
+    # orbax and grain log every save at INFO; keep the console readable.
+    logging.set_verbosity(logging.WARNING)
   initialize_distributed()
   # Imported after flag parsing: jax reads XLA flags and devices on import.
   from mae_jax import config as config_lib  # pylint: disable=g-import-not-at-top

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -58,6 +59,7 @@ def optimizer(config: ml_collections.ConfigDict, lr: optax.Schedule
               ) -> optax.GradientTransformation:
   o = config.optim
   adamw = optax.adamw(lr, b1=o.b1, b2=o.b2, eps=1e-8,
+                      mu_dtype=jnp.dtype(o.mu_dtype) if o.mu_dtype else None,
                       weight_decay=o.weight_decay, mask=decay_mask)
   if o.clip_norm > 0:
     return optax.chain(optax.clip_by_global_norm(o.clip_norm), adamw)

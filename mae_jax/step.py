@@ -17,7 +17,7 @@ import ml_collections
 import optax
 from flax import nnx
 
-from mae_jax import sharding, targets
+from mae_jax import masking, sharding, targets
 from mae_jax.models import mae
 
 
@@ -28,29 +28,58 @@ class TrainState:
   opt_state: Any
 
 
-def mae_loss(params, graphdef, images: jax.Array, rng: jax.Array,
-             target: str) -> tuple[jax.Array, dict]:
-  """images: [B, *S, C] -> (scalar loss, aux). Loss on masked patches only."""
+def mae_loss(params, graphdef, images: jax.Array, mask: masking.Mask,
+             target: str) -> jax.Array:
+  """images: [B, *S, C] -> scalar loss on the masked patches."""
   model = nnx.merge(graphdef, params)
-  pred, mask, patches = model(images, rng)
-  loss = targets.masked_mse(pred, targets.get(target)(patches), mask.mask)
-  return loss, {'mask_ratio': jnp.mean(mask.mask)}
+  pred, patches = model(images, mask)
+  return targets.masked_mse(pred, targets.get(target)(patches), mask.mask)
+
+
+def _micro_batches(tree, k: int):
+  """[B, ...] leaves -> [k, B/k, ...]; micro-batch i takes rows i, i+k, ...
+
+  Strided rather than contiguous: the batch axis is sharded over devices, so
+  every micro-batch keeps a slice on every device.
+  """
+  return jax.tree.map(
+      lambda a: jnp.swapaxes(a.reshape(a.shape[0] // k, k, *a.shape[1:]), 0, 1),
+      tree)
 
 
 def make_train_step(graphdef, tx: optax.GradientTransformation,
-                    lr: optax.Schedule, target: str) -> Callable:
-  """Returns train_step(state, batch, rng) -> (state, metrics)."""
+                    lr: optax.Schedule, target: str,
+                    grad_accum_steps: int = 1) -> Callable:
+  """Returns train_step(state, batch, rng) -> (state, metrics).
+
+  With grad_accum_steps = k > 1 the batch is processed as k micro-batches
+  (lax.scan, gradients summed in float32): the same update as one big batch,
+  in 1/k of the activation memory.
+  """
+  grad_fn = jax.value_and_grad(mae_loss)
 
   def train_step(state: TrainState, batch: dict, rng: jax.Array):
     # One key per step, independent of restarts: same step, same masks.
     rng = jax.random.fold_in(rng, state.step)
-    grad_fn = jax.value_and_grad(mae_loss, has_aux=True)
-    (loss, aux), grads = grad_fn(state.params, graphdef, batch['image'], rng,
-                                 target)
+    images = batch['image']
+    mask = nnx.merge(graphdef, state.params).sample_mask(rng, images.shape[0])
+    if grad_accum_steps == 1:
+      loss, grads = grad_fn(state.params, graphdef, images, mask, target)
+    else:
+      def accumulate(carry, micro):
+        loss, grads = grad_fn(state.params, graphdef, *micro, target)
+        return jax.tree.map(jnp.add, carry, (loss, grads)), None
+
+      zeros = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, state.params))
+      (loss, grads), _ = jax.lax.scan(
+          accumulate, zeros, _micro_batches((images, mask), grad_accum_steps))
+      # Every example masks the same number of patches, so the mean of the
+      # micro-batch losses is the full-batch loss.
+      loss, grads = jax.tree.map(lambda x: x / grad_accum_steps, (loss, grads))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {'loss': loss, 'grad_norm': optax.tree.norm(grads),
-               'learning_rate': lr(state.step), **aux}
+               'learning_rate': lr(state.step)}
     return TrainState(state.step + 1, params, opt_state), metrics
 
   return train_step

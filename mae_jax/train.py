@@ -132,7 +132,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       state = ckpt.restore(latest, setup.abstract, host_iter)
     batch_sh = {'image': sharding.batch_sharding(mesh, rules, 2 + len(hw))}
     train_step = setup.jit_step(
-        step_lib.make_train_step(setup.graphdef, tx, lr, config.target),
+        step_lib.make_train_step(setup.graphdef, tx, lr, config.target,
+                                 config.grad_accum_steps),
         batch_sh)
 
     writer = metrics_lib.MetricWriter(workdir, enabled=is_main,

@@ -66,7 +66,12 @@ def test_picture_grid_panels():
   recon = rng.normal(size=(2, 8, 8, 1)).astype(np.float32)
   mask = np.zeros((2, 8, 8, 1), np.float32)
   mask[:, :4] = 1
-  grid = reconstruction.picture_grid(images, recon, mask, (0.5,), (0.25,))
+  big = reconstruction.picture_grid(images, recon, mask, (0.5,), (0.25,),
+                                   min_size=16)  # enlarged 2x
+  assert big.shape == (2 * 16 + 2, 3 * 16 + 4, 3)
+  grid = reconstruction.picture_grid(images, recon, mask, (0.5,), (0.25,),
+                                     min_size=0)
+  np.testing.assert_array_equal(big[:16:2, :16:2], grid[:8, :8])
   assert grid.shape == (2 * 8 + 2, 3 * 8 + 4, 3) and grid.dtype == np.uint8
   orig = np.clip(np.round((images[0, ..., 0] * 0.25 + 0.5) * 255), 0, 255)
   np.testing.assert_allclose(grid[:8, :8, 0], orig, atol=1)

@@ -151,7 +151,8 @@ def _tiny(**kw):
 def test_forward_shapes_and_visible_only_encoder():
   model = _tiny()
   x = jax.random.normal(jax.random.key(0), (3, 16, 16, 3))
-  pred, mask, patches = nnx.jit(lambda m, x: m(x, jax.random.key(1)))(model, x)
+  mask = model.sample_mask(jax.random.key(1), 3)
+  pred, patches = nnx.jit(lambda m, x, mask: m(x, mask))(model, x, mask)
   assert pred.shape == patches.shape == (3, 16, 48)
   assert pred.dtype == jnp.float32
   np.testing.assert_array_equal(np.asarray(mask.mask).sum(1), 12)
@@ -163,7 +164,8 @@ def test_forward_shapes_and_visible_only_encoder():
 def test_no_cls_token_variant():
   model = _tiny(cls_token=False)
   x = jnp.ones((2, 16, 16, 3))
-  pred, _, _ = nnx.jit(lambda m, x: m(x, jax.random.key(0)))(model, x)
+  mask = model.sample_mask(jax.random.key(0), 2)
+  pred, _ = nnx.jit(lambda m, x, mask: m(x, mask))(model, x, mask)
   assert pred.shape == (2, 16, 48)
   assert model.cls_token is None
 
@@ -179,7 +181,9 @@ def _loss_and_grads(model_kwargs):
   x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
 
   def loss(p):
-    pred, mask, patches = nnx.merge(graphdef, p)(x, jax.random.key(1))
+    model = nnx.merge(graphdef, p)
+    mask = model.sample_mask(jax.random.key(1), 2)
+    pred, patches = model(x, mask)
     return jnp.mean(jnp.square(pred - patches) * mask.mask[..., None])
 
   return jax.jit(jax.value_and_grad(loss))(params)

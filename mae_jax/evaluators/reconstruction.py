@@ -28,23 +28,28 @@ def _panels(graphdef, params, images, rng, target: str):
   """images: [N, H, W, C] -> (recon [N, H, W, C], mask [N, H, W, 1], loss)."""
   model = nnx.merge(graphdef, params)
   recon, mask = mae.reconstruct(model, images, rng, target)
-  pred, m, patches = model(images, rng)  # same rng: the same mask
+  m = model.sample_mask(rng, images.shape[0])  # same rng: the same mask
+  pred, patches = model(images, m)
   loss = targets.masked_mse(pred, targets.get(target)(patches), m.mask)
   return recon, mask, loss
 
 
 def picture_grid(images: np.ndarray, recon: np.ndarray, mask: np.ndarray,
-                 mean, std) -> np.ndarray:
+                 mean, std, min_size: int = 96) -> np.ndarray:
   """Rows of [original | masked | reconstruction] -> uint8 [H', W', 3].
 
   images, recon: [N, H, W, C] normalized pixels; mask: [N, H, W, 1], 1 = masked.
-  Masked pixels are shown mid-gray in the middle panel.
+  Masked pixels are shown mid-gray in the middle panel. Small images are
+  enlarged (nearest neighbour) to about `min_size` pixels so they can be seen.
   """
   orig = transforms.denormalize(images, mean, std)
   rec = transforms.denormalize(recon, mean, std)
   masked = np.where(mask > 0.5, np.uint8(128), orig)
   if orig.shape[-1] == 1:
     orig, rec, masked = (np.repeat(a, 3, axis=-1) for a in (orig, rec, masked))
+  scale = max(1, min_size // max(orig.shape[1:3]))
+  orig, rec, masked = (a.repeat(scale, axis=1).repeat(scale, axis=2)
+                       for a in (orig, rec, masked))
   n, h, w, _ = orig.shape
   grid = np.full((n * (h + _GAP) - _GAP, 3 * (w + _GAP) - _GAP, 3), 255,
                  np.uint8)

@@ -143,13 +143,13 @@ class MAE(nnx.Module):
     x = self.decoder_norm(self.decoder(x))
     return self.decoder_pred(x)[:, n_cls:].astype(jnp.float32)
 
-  def __call__(self, x: jax.Array, rng: jax.Array
-               ) -> tuple[jax.Array, masking.Mask, jax.Array]:
-    """x: [B, *S, C] -> (prediction [B, L, P], Mask, patches [B, L, P])."""
+  def __call__(self, x: jax.Array, mask: masking.Mask
+               ) -> tuple[jax.Array, jax.Array]:
+    """x: [B, *S, C], mask from sample_mask -> (prediction [B, L, P],
+    patches [B, L, P])."""
     patches = self.patchify(x)
-    mask = self.sample_mask(rng, patches.shape[0])
     latent = self.encode(patches, mask.ids_keep)
-    return self.decode(latent, mask.ids_restore), mask, patches
+    return self.decode(latent, mask.ids_restore), patches
 
 
 def model_kwargs(config: ml_collections.ConfigDict) -> dict:
@@ -178,7 +178,8 @@ def reconstruct(model: MAE, x: jax.Array, rng: jax.Array, target: str
   visible ones (as MAE's figures do), in the input's (normalized) pixel space;
   mask is 1 on masked pixels.
   """
-  pred, mask, patches = model(x, rng)
+  mask = model.sample_mask(rng, x.shape[0])
+  pred, patches = model(x, mask)
   m = mask.mask[..., None]  # [B, L, 1]
   tokens = targets.to_pixels(target, pred, patches) * m + patches * (1 - m)
   mask_tokens = jnp.broadcast_to(m, (*m.shape[:2], math.prod(model.patch)))
