@@ -53,6 +53,8 @@ def base_config() -> ml_collections.ConfigDict:
       read_threads=4,       # grain threads reading/decoding per process
       prefetch_batches=2,   # batches prepared ahead on the host
       skip_bad_records=False,  # False: raise on a bad record; True: skip and count
+      trace_indices=False,  # write each step's source record ids per process
+                            # to <workdir>/data_trace/ (debugging data order)
   ))
 
   c.batch_size = 256      # global, across all processes (and micro-batches)
@@ -144,6 +146,11 @@ def _fail(key: str, value, allowed: str):
 def image_size(c) -> tuple[int, int]:
   s = c.model.image_size
   return (s, s) if isinstance(s, int) else tuple(s)
+
+
+def input_shape(c) -> tuple[int, ...]:
+  """One example as the model sees it, e.g. (H, W, C); a batch is (B, *this)."""
+  return (*image_size(c), c.model.channels)
 
 
 def validate(c: ml_collections.ConfigDict, num_devices: int | None = None,

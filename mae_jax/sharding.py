@@ -182,7 +182,7 @@ def check_sufficiently_sharded(shardings, abstract_tree, mesh: Mesh,
     if nbytes >= min_bytes and s.is_fully_replicated:
       name = jax.tree_util.keystr(path, simple=True, separator='/')
       raise ValueError(
-          f'parameter {name} {tuple(x.shape)} ({nbytes / 2**20:.1f} MiB) would '
+          f'parameter {name} {tuple(x.shape)} ({nbytes:,} bytes) would '
           f'be replicated on every device of mesh {dict(mesh.shape)}: no rule '
           f'in config.sharding.rules shards any of its dimensions evenly. Add '
           f'a rule, change the mesh, or raise '

@@ -17,6 +17,7 @@ import ml_collections
 import optax
 from flax import nnx
 
+from mae_jax import config as config_lib
 from mae_jax import masking, sharding, targets
 from mae_jax.models import mae
 
@@ -101,8 +102,12 @@ class StateSetup:
     logical = nnx.to_pure_dict(nnx.get_partition_spec(abstract_params))
     self.abstract_params = nnx.to_pure_dict(abstract_params)
     param_sh = sharding.tree_shardings(logical, self.abstract_params, mesh, rules)
-    sharding.check_sufficiently_sharded(
-        param_sh, self.abstract_params, mesh, config.sharding.min_sharded_bytes)
+    try:
+      sharding.check_sufficiently_sharded(
+          param_sh, self.abstract_params, mesh,
+          config.sharding.min_sharded_bytes)
+    except ValueError as e:
+      raise config_lib.ConfigError(str(e)) from None
     abstract = jax.eval_shape(self._init, jax.random.key(0))
     repl = sharding.replicated(mesh)
     opt_sh = optax.tree_map_params(

@@ -58,9 +58,10 @@ class Preemption:
 
 
 def device_batches(host_iter, batch_shardings: dict, prefetch: int
-                   ) -> Iterator[tuple[dict, Any, int]]:
-  """Yields (global device batch, iterator state after it, bad records
-  skipped), keeping `prefetch` batches in flight to the devices.
+                   ) -> Iterator[tuple[dict, Any, dict]]:
+  """Yields (global device batch, iterator state after it, host info: bad
+  records skipped and this process's source record ids), keeping `prefetch`
+  batches in flight to the devices.
 
   The iterator state is recorded with each batch because the live iterator
   runs ahead of the step that is being checkpointed.
@@ -71,7 +72,9 @@ def device_batches(host_iter, batch_shardings: dict, prefetch: int
     host = next(host_iter)
     state = host_iter.get_state()
     batch = {k: sharding.to_global(host[k], s) for k, s in batch_shardings.items()}
-    queue.append((batch, state, int(np.sum(host.get('skipped', 0)))))
+    info = {'skipped': int(np.sum(host.get('skipped', 0))),
+            'index': host.get('index')}
+    queue.append((batch, state, info))
 
   for _ in range(max(prefetch, 1)):
     enqueue()
@@ -130,7 +133,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       state = setup.init(init_key)
     else:
       state = ckpt.restore(latest, setup.abstract, host_iter)
-    batch_sh = {'image': sharding.batch_sharding(mesh, rules, 2 + len(hw))}
+    batch_sh = {'image': sharding.batch_sharding(
+        mesh, rules, 1 + len(config_lib.input_shape(config)))}
     train_step = setup.jit_step(
         step_lib.make_train_step(setup.graphdef, tx, lr, config.target,
                                  config.grad_accum_steps),
@@ -148,18 +152,26 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     if start:
       writer.message(f'resumed from {ckpt.directory} at step {start}')
     preemption = Preemption()
+    trace = None
+    if config.data.trace_indices:
+      os.makedirs(os.path.join(workdir, 'data_trace'), exist_ok=True)
+      trace = open(os.path.join(
+          workdir, 'data_trace', f'process_{jax.process_index()}-of-'
+          f'{jax.process_count()}.jsonl'), 'a', encoding='utf-8')
     try:
       result = _loop(config, state, train_step, step_key, host_iter, batch_sh,
-                     ckpt, writer, evals, preemption, start, total)
+                     ckpt, writer, evals, preemption, start, total, trace)
     finally:
       preemption.restore()
       ckpt.close()
       writer.close()
+      if trace:
+        trace.close()
   return result
 
 
 def _loop(config, state, train_step, step_key, host_iter, batch_sh, ckpt,
-          writer, evals, preemption, start, total) -> dict[str, Any]:
+          writer, evals, preemption, start, total, trace) -> dict[str, Any]:
   end = min(total, config.stop_at_step or total)
   batches = device_batches(host_iter, batch_sh, prefetch=2)
   throughput = metrics_lib.Throughput(config.batch_size)
@@ -169,11 +181,14 @@ def _loop(config, state, train_step, step_key, host_iter, batch_sh, ckpt,
   last: dict[str, Any] = {}
   first_rate = None
   for s in range(start, end):
-    batch, data_state, n_skipped = next(batches)
+    batch, data_state, info = next(batches)
     state, m = train_step(state, batch, step_key)
     pending.append(m)
-    skipped += n_skipped
+    skipped += info['skipped']
     done = s + 1
+    if trace:
+      trace.write(json.dumps({'step': done,
+                              'index': info['index'].tolist()}) + '\n')
     if first_rate is None:  # later intervals exclude compilation
       jax.block_until_ready(m)
       first_rate = throughput.rate(done)

@@ -293,9 +293,10 @@ def test_processes_share_one_global_stream(indexed):
   seen = [np.concatenate([b['label'] for b in s]) for s in shares]
   assert not set(seen[0]) & set(seen[1])
   assert sorted(np.concatenate(seen)) == list(range(24))  # one whole epoch
-  for k in range(3):  # batch k of every process = global batch k
+  for k in range(3):  # batch k of the processes, in order = global batch k
     got = np.concatenate([shares[0][k]['label'], shares[1][k]['label']])
-    assert sorted(got) == sorted(one[k]['label'])
+    np.testing.assert_array_equal(got, one[k]['label'])
+    np.testing.assert_array_equal(one[k]['index'], one[k]['label'])
   with pytest.raises(ValueError, match='not divisible'):
     _train(d, batch=7, process_count=2)
 

@@ -75,7 +75,7 @@ class _Load:
       if not self.skip:
         raise
       return {_BAD: str(e)}
-    return {'image': image, 'label': raw['label']}
+    return {'image': image, 'label': raw['label'], 'index': index}
 
 
 class _Augment:
@@ -96,7 +96,7 @@ class _Augment:
       img = img[:, ::-1]
     # uint8 until batched: 4x less memory in the prefetch buffers.
     return {'image': np.ascontiguousarray(img),
-            'label': np.int32(el['label'])}
+            'label': np.int32(el['label']), 'index': np.int64(el['index'])}
 
 
 class _Normalize:
@@ -109,6 +109,35 @@ class _Normalize:
   def __call__(self, batch: dict) -> dict:
     batch['image'] = transforms.normalize(batch['image'], self.mean, self.std)
     return batch
+
+
+class _ProcessShard(grain.MapDataset):
+  """This process's share of a global stream of batches of `global_batch`.
+
+  Element j of process p is global element (j // b) * B + p * b + j % b
+  (b = B / P): every global batch is split into P contiguous, disjoint
+  pieces, so the processes' batch k, concatenated in process order, is exactly
+  the batch k a single process would read.
+  """
+
+  def __init__(self, parent: grain.MapDataset, index: int, count: int,
+               global_batch: int):
+    super().__init__(parent)
+    self._p, self._count = index, count
+    self._b, self._global = global_batch // count, global_batch
+
+  def __len__(self) -> int:
+    return len(self._parent) // self._count
+
+  def __getitem__(self, j):
+    if isinstance(j, slice):
+      return self.slice(j)
+    j = int(j)
+    return self._parent[(j // self._b) * self._global + self._p * self._b
+                        + j % self._b]
+
+  def __str__(self) -> str:
+    return f'ProcessShard({self._p} of {self._count})'
 
 
 class _DropBadRecords(grain.IterDataset):
@@ -161,9 +190,10 @@ def build_train_iterator(data_cfg, *, image_size, channels: int,
   """Endless pretraining batches for this process.
 
   Yields {'image': float32 [b, H, W, C] normalized, 'label': int32 [b],
-  'skipped': int32 [b]} with b = global_batch // process_count. Process p
-  takes elements p, p + P, ... of one global stream, so the processes' batch k
-  together are the global batch k. Supports get_state / set_state (JSON-able)
+  'index': int64 [b] (source record ids), 'skipped': int32 [b]} with
+  b = global_batch // process_count. Process p takes rows [p*b, (p+1)*b) of
+  every global batch of one global stream (_ProcessShard), so the processes'
+  batch k together is exactly the single-process batch k. Supports get_state / set_state (JSON-able)
   and grain.checkpoint.CheckpointSave / CheckpointRestore; a state restores
   only into an iterator with the same source, batch, process count and
   worker_count (with workers it holds one position per worker).
@@ -187,7 +217,7 @@ def build_train_iterator(data_cfg, *, image_size, channels: int,
   ds = ds.repeat(None)  # each epoch is shuffled with a different seed
   ds = ds.random_map(_Augment(size, d.crop_scale, d.crop_ratio, d.hflip),
                      seed=_derive_seed(seed, 1))
-  ds = ds[process_index::process_count]
+  ds = _ProcessShard(ds, process_index, process_count, global_batch)
   ds = ds.to_iter_dataset(grain.ReadOptions(
       num_threads=d.read_threads, prefetch_buffer_size=ahead * b))
   ds = _DropBadRecords(ds, limit=len(source))

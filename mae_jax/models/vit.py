@@ -20,11 +20,17 @@ from jax.ad_checkpoint import checkpoint_name
 
 from mae_jax.sharding import constrain
 
-# ViT sizes (Zhai et al., "Scaling Vision Transformers", Table 2; mu from big_vision).
-_WIDTH = dict(mu=32, Ti=192, S=384, M=512, B=768, L=1024, H=1280, g=1408, G=1664, e=1792)
-_DEPTH = dict(mu=1, Ti=12, S=12, M=12, B=12, L=24, H=32, g=40, G=48, e=56)
-_MLP = dict(mu=128, Ti=768, S=1536, M=2048, B=3072, L=4096, H=5120, g=6144, G=8192, e=15360)
-_HEADS = dict(mu=2, Ti=3, S=6, M=8, B=12, L=16, H=16, g=16, G=16, e=16)
+# ViT sizes (Zhai et al., "Scaling Vision Transformers", Table 2; mu from
+# big_vision; 22B: the width/depth/MLP/heads of ViT-22B, Dehghani et al. 2023,
+# the scale of the largest MAE in "Scaling 4D Representations").
+_WIDTH = dict(mu=32, Ti=192, S=384, M=512, B=768, L=1024, H=1280, g=1408,
+              G=1664, e=1792, **{'22B': 6144})
+_DEPTH = dict(mu=1, Ti=12, S=12, M=12, B=12, L=24, H=32, g=40, G=48, e=56,
+              **{'22B': 48})
+_MLP = dict(mu=128, Ti=768, S=1536, M=2048, B=3072, L=4096, H=5120, g=6144,
+            G=8192, e=15360, **{'22B': 24576})
+_HEADS = dict(mu=2, Ti=3, S=6, M=8, B=12, L=16, H=16, g=16, G=16, e=16,
+              **{'22B': 48})
 VARIANTS = tuple(_WIDTH)
 
 

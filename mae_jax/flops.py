@@ -1,0 +1,130 @@
+"""Analytic FLOP count of MAE pretraining, from the config alone.
+
+Convention: one multiply-add = 2 FLOPs. Only matmuls are counted (the patch
+embedding, every Linear/Einsum, and the two attention matmuls QK^T and AV);
+norms, softmax, GELU and other elementwise work are ignored. Training = 3 x
+forward (the backward pass costs twice the forward), the usual model-FLOPs
+convention: remat recomputation is not counted, so MFU from these numbers is
+model-FLOPs utilization.
+
+For reference, ViT-B/16 at 224 on all 197 tokens is 35.1 GFLOPs here, the
+"17.6 GFLOPs" usually quoted, which counts multiply-adds (fvcore's convention).
+
+Shapes: L patches, K = masking.num_kept(L, ratio) visible patches, n_cls = 1
+with model.cls_token, D / E encoder / decoder width, M MLP width, P values per
+patch (prod(patch) x channels).
+"""
+
+from __future__ import annotations
+
+import math
+
+import ml_collections
+
+from mae_jax import config as config_lib, masking
+from mae_jax.models import mae, vit
+
+
+def block_flops(tokens: int, width: int, mlp_dim: int) -> tuple[int, int]:
+  """One pre-norm transformer block on `tokens` tokens of `width` ->
+  (all FLOPs, the attention-matmul part of them).
+
+  qkv 2*T*D*3D + out 2*T*D*D + MLP 2 * 2*T*D*M (linear in T), plus QK^T and
+  AV: 2 * 2*T*T*D (quadratic in T; independent of the number of heads).
+  """
+  t, d = tokens, width
+  linear = 2 * t * d * 3 * d + 2 * t * d * d + 2 * 2 * t * d * mlp_dim
+  attention = 2 * 2 * t * t * d
+  return linear + attention, attention
+
+
+def _shapes(config: ml_collections.ConfigDict) -> dict:
+  enc = vit.decode_variant(config.model.variant)
+  dec = mae.decode_decoder(config.model.decoder)
+  spatial = config_lib.input_shape(config)[:-1]
+  channels = config_lib.input_shape(config)[-1]
+  if len(spatial) != len(enc.patch) or any(
+      s % p for s, p in zip(spatial, enc.patch)):
+    raise ValueError(f'config.model.variant={config.model.variant!r}: patch '
+                     f'{enc.patch} does not tile the input {tuple(spatial)}')
+  length = math.prod(s // p for s, p in zip(spatial, enc.patch))
+  return dict(enc=enc, dec=dec, length=length,
+              kept=masking.num_kept(length, config.masking.ratio),
+              n_cls=1 if config.model.cls_token else 0,
+              patch_dim=math.prod(enc.patch) * channels)
+
+
+def train_flops(config: ml_collections.ConfigDict) -> dict[str, int]:
+  """Per-example forward FLOPs by part, and `per_step` = 3 x forward x
+  config.batch_size (gradient accumulation does not change it).
+
+  patch_embed: on the K kept patches only (the model gathers, then embeds).
+  encoder: its blocks on K (+1 cls) tokens.
+  decoder: decoder_embed on K (+1) tokens, then its blocks on L (+1) tokens.
+  head: the pixel prediction on all L (+1) tokens (the cls row is dropped after).
+  attention: the QK^T and AV part of encoder + decoder (already inside them).
+  Also `encoder_tokens`, `decoder_tokens` (sequence lengths).
+  """
+  s = _shapes(config)
+  enc, dec, n_cls = s['enc'], s['dec'], s['n_cls']
+  t_enc, t_dec = s['kept'] + n_cls, s['length'] + n_cls
+  enc_block, enc_attn = block_flops(t_enc, enc.width, enc.mlp_dim)
+  dec_block, dec_attn = block_flops(t_dec, dec.width, dec.mlp_dim)
+  out = dict(
+      patch_embed=2 * s['kept'] * s['patch_dim'] * enc.width,
+      encoder=enc.depth * enc_block,
+      decoder=2 * t_enc * enc.width * dec.width + dec.depth * dec_block,
+      head=2 * t_dec * dec.width * s['patch_dim'],
+      attention=enc.depth * enc_attn + dec.depth * dec_attn,
+  )
+  out['forward'] = (out['patch_embed'] + out['encoder'] + out['decoder']
+                    + out['head'])
+  out['per_step'] = 3 * out['forward'] * config.batch_size
+  out['encoder_tokens'], out['decoder_tokens'] = t_enc, t_dec
+  return out
+
+
+def encoder_full_sequence_flops(config: ml_collections.ConfigDict) -> int:
+  """Forward FLOPs per example of patch embedding + encoder on ALL L (+1 cls)
+  tokens: what a ViT classifier (or an MAE encoder without masking) costs.
+
+  At mask 0.75 the visible-only encoder is about 1/4 of this (exactly
+  (K+1)/(L+1) for the linear part; the attention part shrinks quadratically).
+  """
+  s = _shapes(config)
+  enc = s['enc']
+  block, _ = block_flops(s['length'] + s['n_cls'], enc.width, enc.mlp_dim)
+  return 2 * s['length'] * s['patch_dim'] * enc.width + enc.depth * block
+
+
+def _counted_blocks(config: ml_collections.ConfigDict, depth: int) -> int:
+  """Blocks of a scanned stack that XLA's cost analysis sees."""
+  unroll = config.model.scan_unroll
+  return depth if unroll >= depth else unroll + depth % unroll
+
+
+def xla_counted_flops(config: ml_collections.ConfigDict) -> int:
+  """Per-step FLOPs, summed over devices, as XLA's cost analysis counts them.
+
+  XLA counts the body of every while loop once, whatever its trip count, so
+  a scanned block stack (lax.scan over `depth` blocks, `scan_unroll` per
+  iteration, the depth % scan_unroll left over unrolled outside the loop)
+  contributes min(scan_unroll, depth) + remainder blocks forward and backward,
+  and the gradient-accumulation loop one micro-batch. XLA does count remat
+  recomputation: with model.remat 'full' (and 'names', which here recomputes
+  most matmuls of a block) a block's forward runs again in the backward pass.
+  Comparing this with compiled.cost_analysis()['flops'] x devices checks that
+  the compiled program does the expected work (no redundant or missing
+  compute); the remaining gap is elementwise work that XLA counts and we don't.
+  """
+  f = train_flops(config)
+  s = _shapes(config)
+  enc, dec = s['enc'], s['dec']
+  decoder_embed = 2 * f['encoder_tokens'] * enc.width * dec.width
+  outside = f['patch_embed'] + decoder_embed + f['head']
+  blocks = (f['encoder'] * _counted_blocks(config, enc.depth) // enc.depth
+            + (f['decoder'] - decoder_embed)
+            * _counted_blocks(config, dec.depth) // dec.depth)
+  passes = 4 if config.model.remat in ('full', 'names') else 3
+  micro_batch = config.batch_size // config.grad_accum_steps
+  return (3 * outside + passes * blocks) * micro_batch

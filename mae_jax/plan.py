@@ -1,0 +1,342 @@
+"""Ahead-of-time plan of a training run: parameters, FLOPs and per-device memory.
+
+  python -m mae_jax.plan --config=configs/mae_imagenet.py:variant=g/14 \
+      --config.batch_size=4096 --config.model.remat=full \
+      --mesh=data=1,fsdp=8 --hbm_gib=80
+  python -m mae_jax.plan --config=configs/mae_imagenet.py:variant=e/14 \
+      --mesh=data=-1,fsdp=16 --topology=v5p:4x4x4      # needs mae_jax[tpu-plan]
+
+Nothing is allocated: the train state, the batch and the PRNG key are abstract
+(ShapeDtypeStructs with their shardings), and the real train step
+(step.make_train_step, jitted by StateSetup.jit_step with the state donated)
+is lowered and compiled for the mesh. The numbers come from that executable:
+memory_analysis() is XLA's buffer assignment for ONE device, cost_analysis()
+the FLOPs of the partitioned per-device program.
+
+Devices: --devices=N simulates N CPU devices (XLA:CPU's buffer assignment, an
+approximation of what XLA:GPU would do); --topology=NAME compiles for a real
+TPU slice (e.g. v5p:4x4x4 = 64 chips) through libtpu, without TPUs.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import math
+import os
+import sys
+import time
+from typing import Any
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Config file, optionally with an argument: '
+    'configs/NAME.py[:ARG].', lock_config=True)
+_MESH = flags.DEFINE_string(
+    'mesh', '', 'Overrides of config.mesh, e.g. data=2,fsdp=4,tensor=1 (axes '
+    'dcn, data, fsdp, tensor; one may be -1 = the remaining devices).')
+_DEVICES = flags.DEFINE_integer(
+    'devices', None, 'Number of simulated CPU devices (default: the product of '
+    'the mesh sizes, or 8 when one is -1).')
+_TOPOLOGY = flags.DEFINE_string(
+    'topology', '', 'Compile for a TPU topology instead, e.g. v5p:4x4x4 '
+    '(needs libtpu: pip install "mae_jax[tpu-plan]").')
+_HBM_GIB = flags.DEFINE_float(
+    'hbm_gib', None, 'Memory per device in GiB for the verdict (default: the '
+    "TPU's HBM with --topology; required otherwise).")
+_JSON = flags.DEFINE_string('json', '', 'Also write every number to this file.')
+
+GIB = 2**30
+# HBM per chip by jax device_kind.
+_TPU_HBM_GIB = {'TPU v4': 32, 'TPU v5 lite': 16, 'TPU v5': 95, 'TPU v5p': 95,
+                'TPU v6 lite': 32, 'TPU v6e': 32}
+# Sources whose size is known without touching files (the rest may be
+# terabytes on a bucket, or absent on the machine that plans).
+_IN_MEMORY_SOURCES = ('synthetic', 'mnist', 'digits')
+
+
+class PlanError(ValueError):
+  """A flag or config the planner cannot use; printed without a traceback."""
+
+
+def parse_mesh(text: str) -> dict[str, int]:
+  """--mesh 'data=2,fsdp=4' -> {'data': 2, 'fsdp': 4}."""
+  from mae_jax import sharding  # pylint: disable=g-import-not-at-top
+  out = {}
+  for item in filter(None, text.split(',')):
+    key, sep, value = item.partition('=')
+    if not sep or key not in sharding.MESH_AXES:
+      raise PlanError(f'--mesh={text!r}: {item!r} is not AXIS=SIZE with AXIS '
+                      f'one of {", ".join(sharding.MESH_AXES)}')
+    try:
+      out[key] = int(value)
+    except ValueError:
+      raise PlanError(f'--mesh={text!r}: size {value!r} of {key} is not an '
+                      'integer (-1 = the remaining devices)') from None
+  return out
+
+
+def default_device_count(mesh_config) -> int:
+  sizes = [int(mesh_config[a]) for a in mesh_config.keys()]
+  return 8 if -1 in sizes else math.prod(sizes)
+
+
+def cpu_devices(count: int) -> list:
+  """`count` simulated CPU devices; must run before any jax backend exists."""
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update('jax_platforms', 'cpu')
+  try:
+    jax.config.update('jax_num_cpu_devices', count)
+  except RuntimeError:  # backends already up (e.g. called from Python)
+    pass
+  devices = jax.devices('cpu')
+  if len(devices) != count:
+    raise PlanError(f'--devices={count}: jax already initialized '
+                    f'{len(devices)} CPU devices in this process')
+  return devices
+
+
+def tpu_topology(name: str):
+  """-> (devices, hbm_gib or None) of the TPU topology `name`, e.g. v5p:4x4x4."""
+  if importlib.util.find_spec('libtpu') is None:
+    raise PlanError(f'--topology={name}: compiling for TPUs needs libtpu, which '
+                    "is not installed: pip install 'mae_jax[tpu-plan]'")
+  # libtpu expects a TPU VM's environment; these keep it quiet and local.
+  os.environ.setdefault('TPU_WORKER_HOSTNAMES', 'localhost')
+  os.environ.setdefault('TPU_SKIP_MDS_QUERY', '1')
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+  jax.config.update('jax_platforms', 'cpu')  # never grab a local TPU
+  try:
+    topo = topologies.get_topology_desc(platform='tpu', topology_name=name)
+  except Exception as e:  # pylint: disable=broad-except
+    raise PlanError(f'--topology={name}: libtpu cannot build it ({e}); use '
+                    'GENERATION:CHIPS, e.g. v5p:4x4x4, v4:2x2x2, v5e:4x4, '
+                    'v6e:8x8') from None
+  kind = topo.devices[0].device_kind
+  return list(topo.devices), _TPU_HBM_GIB.get(kind)
+
+
+def _schedule(config):
+  """(schedule, description). Only the optimizer's structure matters to memory
+  and FLOPs; the schedule's values change neither."""
+  import optax  # pylint: disable=g-import-not-at-top
+  from mae_jax import config as config_lib, data, optim  # pylint: disable=g-import-not-at-top
+  if config.data.source in _IN_MEMORY_SOURCES:
+    n, _ = data.source_info(config.data, config.data.split,
+                            image_size=config_lib.image_size(config),
+                            channels=config.model.channels)
+    return optim.schedule(config, n), f'warmup + cosine ({n} examples)'
+  return (optax.constant_schedule(optim.peak_lr(config)),
+          f'constant (data.source={config.data.source!r} is not opened)')
+
+
+def check_config(config, num_devices: int) -> None:
+  """config.validate, minus opening or globbing the data source."""
+  from mae_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  checked = copy.deepcopy(config)
+  checked.unlock()
+  checked.data.source = 'synthetic'
+  config_lib.validate(checked, num_devices)
+
+
+def _bytes(tree) -> int:
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  return sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize
+             for x in jax.tree.leaves(tree))
+
+
+def _bytes_per_device(tree) -> int:
+  """Bytes of one device's shard of each (abstract, sharded) leaf."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  return sum(math.prod(x.sharding.shard_shape(x.shape))
+             * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+
+
+def plan(config, devices) -> dict[str, Any]:
+  """Compiles config's train step for `devices` -> every number as a dict.
+
+  Memory is per device; 'total' = arguments + outputs - aliased + temporaries
+  (a donated argument and the output that reuses its buffer are both counted
+  in arguments and outputs, and once in aliased).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from mae_jax import config as config_lib, flops, optim, sharding  # pylint: disable=g-import-not-at-top
+  from mae_jax import step as step_lib  # pylint: disable=g-import-not-at-top
+  from mae_jax.models import vit  # pylint: disable=g-import-not-at-top
+
+  check_config(config, len(devices))
+  lr, lr_text = _schedule(config)
+  tx = optim.optimizer(config, lr)
+  mesh = sharding.make_mesh(config.mesh, devices=devices)
+  rules = config.sharding.rules
+  shape = config_lib.input_shape(config)
+  start = time.perf_counter()
+  with sharding.rules_context(mesh, rules):
+    try:
+      setup = step_lib.StateSetup(config, tx, mesh)
+    except ValueError as e:  # a large parameter the mesh leaves replicated
+      raise PlanError(str(e)) from None
+    batch_sh = {'image': sharding.batch_sharding(mesh, rules, 1 + len(shape))}
+    batch = {'image': jax.ShapeDtypeStruct((config.batch_size, *shape),
+                                           jnp.float32,
+                                           sharding=batch_sh['image'])}
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    step_fn = setup.jit_step(
+        step_lib.make_train_step(setup.graphdef, tx, lr, config.target,
+                                 config.grad_accum_steps), batch_sh)
+    lowered = step_fn.lower(setup.abstract, batch, key)
+  lowered_at = time.perf_counter()
+  compiled = lowered.compile()
+  compiled_at = time.perf_counter()
+
+  mem = compiled.memory_analysis()
+  memory = dict(
+      arguments=mem.argument_size_in_bytes, outputs=mem.output_size_in_bytes,
+      temporaries=mem.temp_size_in_bytes, aliased=mem.alias_size_in_bytes,
+      generated_code=mem.generated_code_size_in_bytes)
+  memory['total'] = (memory['arguments'] + memory['outputs']
+                     - memory['aliased'] + memory['temporaries'])
+  memory['state_from_shardings'] = _bytes_per_device(setup.abstract)
+  memory['batch_from_shardings'] = _bytes_per_device(batch)
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  analytic = flops.train_flops(config)
+  n = len(devices)
+  return dict(
+      config=dict(
+          variant=config.model.variant, decoder=config.model.decoder,
+          input_shape=list(shape), mask_ratio=config.masking.ratio,
+          batch_size=config.batch_size,
+          grad_accum_steps=config.grad_accum_steps, remat=config.model.remat,
+          scan_unroll=config.model.scan_unroll, dtype=config.model.dtype,
+          mu_dtype=config.optim.mu_dtype or 'float32',
+          lr_schedule=lr_text),
+      mesh=dict(mesh.shape),
+      devices=dict(count=n, platform=devices[0].platform,
+                   kind=devices[0].device_kind),
+      parameters=vit.count_params(setup.abstract.params),
+      parameter_bytes=_bytes(setup.abstract.params),
+      optimizer_state_bytes=_bytes(setup.abstract.opt_state),
+      flops=dict(
+          analytic_per_example=analytic, analytic_per_step=analytic['per_step'],
+          analytic_per_device=analytic['per_step'] / n,
+          xla_per_device=float(cost.get('flops', 0.0)),
+          xla_expected_per_device=flops.xla_counted_flops(config) / n),
+      memory=memory,
+      seconds=dict(lower=lowered_at - start, compile=compiled_at - lowered_at))
+
+
+def verdict(total_bytes: int, hbm_gib: float) -> tuple[bool, str]:
+  fits = total_bytes <= hbm_gib * GIB
+  used = total_bytes / GIB
+  if fits:
+    return True, (f'fits in {hbm_gib:g} GiB per device (uses {used:.1f} GiB, '
+                  f'{100 * used / hbm_gib:.0f}%)')
+  return False, (f'does NOT fit in {hbm_gib:g} GiB per device (needs '
+                 f'{used:.1f} GiB)')
+
+
+def _si(x: float, unit: str) -> str:
+  for scale, prefix in ((1e15, 'P'), (1e12, 'T'), (1e9, 'G'), (1e6, 'M'),
+                        (1e3, 'k')):
+    if abs(x) >= scale:
+      return f'{x / scale:.4g} {prefix}{unit}'
+  return f'{x:.4g} {unit}'
+
+
+def report(r: dict[str, Any]) -> str:
+  """The human-readable plan (r from plan() with 'verdict' added)."""
+  c, f, m, d = r['config'], r['flops'], r['memory'], r['devices']
+  mesh = ' '.join(f'{k}={v}' for k, v in r['mesh'].items())
+  dp = r['mesh']['dcn'] * r['mesh']['data'] * r['mesh']['fsdp']
+  micro = c['batch_size'] // c['grad_accum_steps']
+  target = (f"{d['count']} simulated CPU devices (XLA:CPU buffer assignment)"
+            if d['platform'] == 'cpu' else
+            f"{d['count']} x {d['kind']} ({r['topology']}, compiled by libtpu)")
+  ratio = f['xla_per_device'] / max(f['xla_expected_per_device'], 1)
+  ex = f['analytic_per_example']
+  g = lambda key: f'{m[key] / GIB:10.2f}'  # pylint: disable=unnecessary-lambda-assignment
+  lines = [
+      f"model        ViT-{c['variant']} encoder, {c['decoder']} decoder, "
+      f"input {tuple(c['input_shape'])}, mask {c['mask_ratio']}",
+      f"batch        {c['batch_size']} global, grad_accum_steps "
+      f"{c['grad_accum_steps']} (micro-batch {micro}, {micro // dp} per "
+      'data-parallel shard)',
+      f"compute      {c['dtype']} (params float32, Adam mu {c['mu_dtype']}), "
+      f"remat {c['remat']}, scan_unroll {c['scan_unroll']}; "
+      f"lr schedule {c['lr_schedule']}",
+      f'mesh         {mesh} on {target}',
+      f"parameters   {r['parameters']:,} ({r['parameter_bytes'] / GIB:.2f} GiB)",
+      f"optimizer    state {r['optimizer_state_bytes'] / GIB:.2f} GiB",
+      f"FLOPs/step   {_si(f['analytic_per_step'], 'FLOP')} analytic (3 x "
+      f"forward {_si(ex['forward'], 'FLOP')}/example x {c['batch_size']}), "
+      f"{_si(f['analytic_per_device'], 'FLOP')} per device",
+      f"XLA FLOPs    {_si(f['xla_per_device'], 'FLOP')} per device "
+      f"(cost_analysis; expected {_si(f['xla_expected_per_device'], 'FLOP')} "
+      f'counting each while-loop body once, as XLA does: ratio {ratio:.2f})',
+      'memory/device (GiB, XLA buffer assignment)',
+      f"  arguments  {g('arguments')}   state {m['state_from_shardings'] / GIB:.2f}"
+      f" + batch {m['batch_from_shardings'] / GIB:.2f} by their shardings",
+      f"  outputs    {g('outputs')}",
+      f"  aliased    {g('aliased')}   donated state reused by the new state",
+      f"  temporaries{g('temporaries')}",
+      f"  total      {g('total')}   = arguments + outputs - aliased + "
+      'temporaries',
+      f"  code       {g('generated_code')}   generated code, not in total",
+      f"verdict      {r['verdict']}",
+      f"time         lower {r['seconds']['lower']:.1f} s, compile "
+      f"{r['seconds']['compile']:.1f} s",
+  ]
+  return '\n'.join(lines)
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  config = _CONFIG.value
+  if config is None:
+    raise app.UsageError('--config is required, e.g. '
+                         '--config=configs/mae_imagenet.py:variant=B/16')
+  from mae_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  try:
+    for axis, size in parse_mesh(_MESH.value).items():
+      config.mesh[axis] = size
+    if _TOPOLOGY.value:
+      if _DEVICES.value is not None:
+        raise PlanError('--devices and --topology exclude each other: a TPU '
+                        "topology's chip count is fixed")
+      devices, hbm_gib = tpu_topology(_TOPOLOGY.value)
+    else:
+      count = _DEVICES.value or default_device_count(config.mesh)
+      if count < 1:
+        raise PlanError(f'--devices={count}: must be >= 1')
+      devices, hbm_gib = None, None
+    hbm_gib = _HBM_GIB.value if _HBM_GIB.value is not None else hbm_gib
+    if hbm_gib is None or hbm_gib <= 0:
+      raise PlanError('--hbm_gib: give the memory per device in GiB (e.g. 80 '
+                      'for 80 GiB GPUs); it is only implied by --topology')
+    if devices is None:
+      devices = cpu_devices(count)
+    result = plan(config, devices)
+  except (PlanError, config_lib.ConfigError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
+  result['topology'] = _TOPOLOGY.value or None
+  result['hbm_gib'] = hbm_gib
+  result['fits'], result['verdict'] = verdict(result['memory']['total'],
+                                              hbm_gib)
+  print(report(result))
+  if _JSON.value:
+    with open(_JSON.value, 'w', encoding='utf-8') as f:
+      json.dump(result, f, indent=1)
+
+
+if __name__ == '__main__':
+  app.run(main)
