@@ -6,8 +6,9 @@
 
 Rerunning the same command on the same workdir resumes. Multi-host: every
 process runs the same command; the processes find each other through the
-cluster's environment (TPU pods, SLURM) or --coordinator_address,
---num_processes and --process_id.
+cluster's environment (--distributed=on on Cloud TPU VM slices; SLURM and
+TPU_WORKER_HOSTNAMES are detected) or --coordinator_address, --num_processes
+and --process_id.
 """
 
 from __future__ import annotations
@@ -33,6 +34,12 @@ _COORDINATOR = flags.DEFINE_string(
     'runs outside TPU pods / SLURM (which are detected automatically).')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None,
                                       'With --coordinator_address.')
+_DISTRIBUTED = flags.DEFINE_enum(
+    'distributed', 'auto', ['auto', 'on', 'off'],
+    'auto: initialize jax.distributed when SLURM (several tasks), a TPU pod '
+    'environment (TPU_WORKER_HOSTNAMES) or JAX_COORDINATOR_ADDRESS is seen; '
+    'on: always (jax finds the peers itself on Cloud TPU VMs, SLURM, Open MPI, '
+    'Kubernetes); off: never.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None,
                                    'With --coordinator_address.')
 
@@ -55,7 +62,8 @@ def initialize_distributed() -> None:
                            '--process_id')
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
                                _PROCESS_ID.value)
-  elif _cluster_detected():
+  elif _DISTRIBUTED.value == 'on' or (_DISTRIBUTED.value == 'auto'
+                                      and _cluster_detected()):
     jax.distributed.initialize()
 
 

@@ -8,11 +8,12 @@ between log/checkpoint points; per-step metrics stay on device until then.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import os
 import signal
 import threading
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TextIO
 
 import jax
 import ml_collections
@@ -98,6 +99,29 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     json.dump(config.to_dict(), f, indent=2, sort_keys=True)
 
 
+@dataclasses.dataclass
+class _Run:
+  """What the loop uses besides the state and the batches."""
+  config: ml_collections.ConfigDict
+  train_step: Callable
+  step_key: jax.Array
+  ckpt: checkpoint.Checkpointer
+  writer: metrics_lib.MetricWriter
+  evals: list
+  preemption: Preemption
+  total: int
+  trace: TextIO | None = None  # data_trace/process_<i>-of-<n>.jsonl
+
+
+def _open_trace(config, workdir: str) -> TextIO | None:
+  if not config.data.trace_indices:
+    return None
+  folder = os.path.join(workdir, 'data_trace')
+  os.makedirs(folder, exist_ok=True)
+  name = f'process_{jax.process_index()}-of-{jax.process_count()}.jsonl'
+  return open(os.path.join(folder, name), 'a', encoding='utf-8')
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Pretrains per `config` in `workdir`, resuming from its latest checkpoint.
 
@@ -147,34 +171,27 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                  mesh=mesh, init_params=setup.init_params,
                                  baseline_key=init_key, writer=writer,
                                  workdir=workdir)
-    evals = evaluators.build(ctx)
+    run = _Run(config, train_step, step_key, ckpt, writer,
+               evaluators.build(ctx), Preemption(), total,
+               _open_trace(config, workdir))
     start = int(jax.device_get(state.step))
     if start:
       writer.message(f'resumed from {ckpt.directory} at step {start}')
-    preemption = Preemption()
-    trace = None
-    if config.data.trace_indices:
-      os.makedirs(os.path.join(workdir, 'data_trace'), exist_ok=True)
-      trace = open(os.path.join(
-          workdir, 'data_trace', f'process_{jax.process_index()}-of-'
-          f'{jax.process_count()}.jsonl'), 'a', encoding='utf-8')
     try:
-      result = _loop(config, state, train_step, step_key, host_iter, batch_sh,
-                     ckpt, writer, evals, preemption, start, total, trace)
+      batches = device_batches(host_iter, batch_sh, prefetch=2)
+      return _loop(run, state, batches, start)
     finally:
-      preemption.restore()
+      run.preemption.restore()
       ckpt.close()
       writer.close()
-      if trace:
-        trace.close()
-  return result
+      if run.trace:
+        run.trace.close()
 
 
-def _loop(config, state, train_step, step_key, host_iter, batch_sh, ckpt,
-          writer, evals, preemption, start, total, trace) -> dict[str, Any]:
-  end = min(total, config.stop_at_step or total)
-  batches = device_batches(host_iter, batch_sh, prefetch=2)
-  throughput = metrics_lib.Throughput(config.batch_size)
+def _loop(run: _Run, state, batches, start: int) -> dict[str, Any]:
+  c, ckpt, writer = run.config, run.ckpt, run.writer
+  end = min(run.total, c.stop_at_step or run.total)
+  throughput = metrics_lib.Throughput(c.batch_size)
   throughput.start(start)
   pending: list[dict] = []  # per-step device metrics since the last sync
   skipped = 0
@@ -182,19 +199,19 @@ def _loop(config, state, train_step, step_key, host_iter, batch_sh, ckpt,
   first_rate = None
   for s in range(start, end):
     batch, data_state, info = next(batches)
-    state, m = train_step(state, batch, step_key)
+    state, m = run.train_step(state, batch, run.step_key)
     pending.append(m)
     skipped += info['skipped']
     done = s + 1
-    if trace:
-      trace.write(json.dumps({'step': done,
-                              'index': info['index'].tolist()}) + '\n')
+    if run.trace:
+      run.trace.write(json.dumps({'step': done,
+                                  'index': info['index'].tolist()}) + '\n')
     if first_rate is None:  # later intervals exclude compilation
       jax.block_until_ready(m)
       first_rate = throughput.rate(done)
-    is_log = done % config.log_every == 0 or done == end
-    is_ckpt = done % config.checkpoint_every == 0 or done == end
-    stop = preemption.should_stop(at_sync_point=is_log or is_ckpt)
+    is_log = done % c.log_every == 0 or done == end
+    is_ckpt = done % c.checkpoint_every == 0 or done == end
+    stop = run.preemption.should_stop(at_sync_point=is_log or is_ckpt)
     if is_log or is_ckpt or stop:
       history = jax.device_get(pending)
       pending = []
@@ -212,26 +229,27 @@ def _loop(config, state, train_step, step_key, host_iter, batch_sh, ckpt,
         writer.write(done, last)
         writer.show_progress(done, last, throughput.elapsed, start + 1)
     if is_ckpt or stop:
-      ckpt.save(done, state, data_state, config)
+      ckpt.save(done, state, data_state, c)
     if stop:
       ckpt.wait()
       writer.message(f'SIGTERM: saved step {done} to {ckpt.directory}; '
                      'rerun the same command to continue.')
       return {**last, 'step': done, 'preempted': True}
-    for ev in evals:
-      if ev.every_steps and done % ev.every_steps == 0 and done != total:
+    for ev in run.evals:
+      if ev.every_steps and done % ev.every_steps == 0 and done != run.total:
         writer.write(done, _run_eval(ev, state.params, done, writer))
-  if end < total:
+  if end < run.total:
     ckpt.wait()
-    writer.message(f'stopped at step {end} of {total} (config.stop_at_step); '
-                   'rerun with a later stop_at_step (or 0) to continue.')
-    return {**last, 'step': end, 'preempted': False}
+    writer.message(f'stopped at step {max(start, end)} of {run.total} '
+                   '(config.stop_at_step); rerun with a later stop_at_step '
+                   '(or 0) to continue.')
+    return {**last, 'step': max(start, end), 'preempted': False}
   results = {}
-  for ev in evals:
-    results.update(_run_eval(ev, state.params, total, writer))
+  for ev in run.evals:
+    results.update(_run_eval(ev, state.params, run.total, writer))
   if results:
-    writer.write(total, results)
-  return {**last, **results, 'step': total, 'preempted': False}
+    writer.write(run.total, results)
+  return {**last, **results, 'step': run.total, 'preempted': False}
 
 
 def _run_eval(ev, params, step: int, writer) -> dict[str, float]:

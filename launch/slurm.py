@@ -1,0 +1,238 @@
+#!/usr/bin/env python3
+"""Submits mae_jax pretraining to SLURM: N GPU nodes, one process per node.
+
+  python launch/slurm.py --nodes 4 --gpus-per-node 8 --time 48:00:00 \\
+      --partition gpu --setup 'source .venv/bin/activate' -- \\
+      --config=configs/mae_imagenet.py:variant=H/14 --workdir=/shared/mae_h14 \\
+      --config.mesh.fsdp=8
+
+writes an sbatch script (#SBATCH header, the XLA environment of
+launch/gpu_host.py, then `srun python -m mae_jax.main <args>`) and submits it
+with `sbatch FILE`. `--dry-run` prints the script and submits nothing.
+Arguments the launcher does not know (those after `--`, and any unrecognized
+one) reach mae_jax.main unchanged and in order.
+
+Multi-process set-up: srun starts one task per node; with SLURM_NTASKS > 1
+mae_jax.main calls jax.distributed.initialize(), which reads the coordinator,
+process count and process id from SLURM's variables, so no coordinator flags
+are passed. JAX would then also restrict each process to the GPU numbered
+SLURM_LOCALID (one GPU per process, jax/_src/clusters/cluster.py), which with
+one task per node would leave all GPUs but one idle; the script exports
+JAX_LOCAL_DEVICE_IDS=0,...,G-1 (read by jax.distributed.initialize) so each
+process drives all G GPUs of its node.
+
+The workdir must be on a file system all nodes share (or gs://...).
+Standard library only: it does not import jax or mae_jax.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+# Same XLA environment as launch/gpu_host.py (kept in sync by the tests); see
+# the comments there for why each flag is, or is not, set.
+GPU_XLA_FLAGS = ('--xla_gpu_enable_latency_hiding_scheduler=true',)
+DEFAULT_MEM_FRACTION = 0.9
+
+MAIN_MODULE = 'mae_jax.main'
+_ENV_NAME = re.compile(r'^[A-Za-z_][A-Za-z0-9_]*$')
+
+
+def split_passthrough(argv):
+  """argv -> (launcher args, args after the first '--').
+
+  --dry-run counts wherever it is, also after '--' (mae_jax.main has no such
+  flag): a misplaced --dry-run must not launch anything."""
+  own, after = list(argv), []
+  if '--' in argv:
+    i = argv.index('--')
+    own, after = argv[:i], argv[i + 1:]
+  if '--dry-run' in after:
+    after = [a for a in after if a != '--dry-run']
+    own.append('--dry-run')
+  return own, after
+
+
+def has_flag(args, name):
+  """Whether `--name` or `--name=...` is among args (absl also takes -name)."""
+  for a in args:
+    for dashes in ('--', '-'):
+      if a == dashes + name or a.startswith(dashes + name + '='):
+        return True
+  return False
+
+
+def require_workdir(parser, passthrough):
+  if not (has_flag(passthrough, 'workdir') or has_flag(passthrough, 'flagfile')):
+    parser.error('the following arguments are required for mae_jax.main: '
+                 '--workdir=DIR (pass it after --)')
+
+
+def env_pair(parser, text):
+  key, sep, value = text.partition('=')
+  if not sep or not _ENV_NAME.match(key):
+    parser.error(f'--env expects KEY=VALUE, got {text!r}')
+  return key, value
+
+
+def xla_flags(extra):
+  """The launcher's flags, then the caller's $XLA_FLAGS, then --xla-flags.
+
+  XLA takes the last value of a flag given twice, so later ones override."""
+  parts = list(GPU_XLA_FLAGS)
+  for more in (os.environ.get('XLA_FLAGS', ''), extra or ''):
+    if more.strip():
+      parts.append(more.strip())
+  return ' '.join(parts)
+
+
+def positive_int(text):
+  value = int(text)
+  if value < 1:
+    raise argparse.ArgumentTypeError(f'must be >= 1, got {value}')
+  return value
+
+
+def batch_script(parser, args, passthrough):
+  header = [
+      f'--job-name={args.job_name}',
+      f'--nodes={args.nodes}',
+      '--ntasks-per-node=1',
+      f'--gpus-per-node={args.gpus_per_node}',
+  ]
+  if args.cpus_per_task:
+    header.append(f'--cpus-per-task={args.cpus_per_task}')
+  if args.time:
+    header.append(f'--time={args.time}')
+  if args.partition:
+    header.append(f'--partition={args.partition}')
+  if args.account:
+    header.append(f'--account={args.account}')
+  header.append(f'--output={args.output}')
+  if args.chdir:
+    header.append(f'--chdir={args.chdir}')
+  if args.term_before_end:
+    # SIGTERM to every task this many seconds before the time limit:
+    # mae_jax.main saves a checkpoint and exits 0; resubmit to continue.
+    header.append(f'--signal=TERM@{args.term_before_end}')
+  header += args.sbatch or []
+
+  env = {
+      'PYTHONUNBUFFERED': '1',
+      'JAX_LOCAL_DEVICE_IDS': ','.join(str(i) for i in range(args.gpus_per_node)),
+  }
+  if args.mem_fraction:
+    if not 0 < args.mem_fraction <= 1:
+      parser.error(f'--mem-fraction must be in (0, 1], got {args.mem_fraction}')
+    env['XLA_PYTHON_CLIENT_MEM_FRACTION'] = f'{args.mem_fraction:g}'
+  env['XLA_FLAGS'] = xla_flags(args.xla_flags)
+  for item in args.env or ():
+    key, value = env_pair(parser, item)
+    env[key] = value
+
+  srun = ['srun', '--kill-on-bad-exit=1', args.python, '-m', MAIN_MODULE]
+  lines = ['#!/bin/bash']
+  lines += [f'#SBATCH {h}' for h in header]
+  lines += [
+      '#',
+      '# Generated by launch/slurm.py: one task per node, each driving all '
+      f'the GPUs of its node ({args.gpus_per_node});',
+      '# mae_jax.main calls jax.distributed.initialize(), which finds its peers '
+      'from the SLURM_* variables.',
+      'set -eo pipefail',
+  ]
+  lines += list(args.setup or [])
+  lines += [f'export {k}={shlex.quote(v)}' for k, v in env.items()]
+  # --kill-on-bad-exit: if one process dies the others would otherwise wait in
+  # a collective until the time limit.
+  lines.append(shlex.join(srun + passthrough))
+  return '\n'.join(lines) + '\n'
+
+
+def build_parser():
+  p = argparse.ArgumentParser(
+      prog='slurm.py', allow_abbrev=False,
+      description='Write an sbatch script that runs `srun python -m '
+      'mae_jax.main` (one process per node) and submit it. Arguments it does '
+      'not know (put them after --) go to mae_jax.main unchanged.',
+      epilog='example: python launch/slurm.py --nodes 2 --gpus-per-node 8 '
+      '--dry-run -- --config=configs/mae_imagenet.py:variant=L/16 '
+      '--workdir=/shared/l16 --config.mesh.fsdp=8')
+  p.add_argument('--nodes', type=positive_int, required=True,
+                 help='number of nodes (#SBATCH --nodes)')
+  p.add_argument('--gpus-per-node', type=positive_int, required=True,
+                 help='GPUs per node (#SBATCH --gpus-per-node)')
+  p.add_argument('--cpus-per-task', type=positive_int,
+                 help='CPU cores for the one task per node (data loading)')
+  p.add_argument('--time', help='time limit, e.g. 48:00:00')
+  p.add_argument('--partition')
+  p.add_argument('--account')
+  p.add_argument('--job-name', default='mae_jax')
+  p.add_argument('--output', default='%x-%j.out',
+                 help='log file pattern (default: %(default)s, i.e. '
+                 'JOBNAME-JOBID.out)')
+  p.add_argument('--chdir', help='working directory of the job (default: '
+                 'where sbatch is run)')
+  p.add_argument('--term-before-end', type=int, default=300, metavar='SECONDS',
+                 help='send SIGTERM this long before the time limit so the run '
+                 'checkpoints and exits cleanly (default %(default)s; 0: off)')
+  p.add_argument('--sbatch', action='append', metavar='OPTION',
+                 help="any other #SBATCH option, e.g. --sbatch=--constraint=h100 "
+                 '(repeatable)')
+  p.add_argument('--setup', action='append', metavar='LINE',
+                 help="shell line run before srun, e.g. 'source "
+                 ".venv/bin/activate' or 'module load cuda' (repeatable)")
+  p.add_argument('--mem-fraction', type=float, default=DEFAULT_MEM_FRACTION,
+                 help='XLA_PYTHON_CLIENT_MEM_FRACTION (default %(default)s; 0 '
+                 'leaves JAX\'s default)')
+  p.add_argument('--xla-flags', metavar="'--flag=value ...'",
+                 help='more XLA flags, appended after the defaults')
+  p.add_argument('--env', action='append', metavar='KEY=VALUE',
+                 help='extra environment variable (repeatable)')
+  p.add_argument('--python', default='python',
+                 help='Python interpreter that has mae_jax, as seen on the '
+                 'nodes (default: %(default)s)')
+  p.add_argument('--script', metavar='FILE',
+                 help='where to write the batch script (default: '
+                 'JOB_NAME.sbatch)')
+  p.add_argument('--dry-run', action='store_true',
+                 help='print the batch script and submit nothing')
+  return p
+
+
+def main(argv=None):
+  argv = sys.argv[1:] if argv is None else argv
+  parser = build_parser()
+  own, after = split_passthrough(argv)
+  args, unknown = parser.parse_known_args(own)
+  passthrough = unknown + after
+  require_workdir(parser, passthrough)
+  script = batch_script(parser, args, passthrough)
+  if args.dry_run:
+    sys.stdout.write(script)
+    return 0
+  path = args.script or f'{args.job_name}.sbatch'
+  with open(path, 'w') as f:
+    f.write(script)
+  print(f'slurm.py: wrote {path}', file=sys.stderr)
+  cmd = ['sbatch', path]
+  print('+ ' + shlex.join(cmd), file=sys.stderr, flush=True)
+  try:
+    subprocess.run(cmd, check=True)
+  except subprocess.CalledProcessError as e:
+    print(f'slurm.py: sbatch exited with status {e.returncode}', file=sys.stderr)
+    return e.returncode if e.returncode > 0 else 128 - e.returncode
+  except FileNotFoundError:
+    print('slurm.py: sbatch not found (run this on a SLURM login node, or use '
+          '--dry-run)', file=sys.stderr)
+    return 127
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
