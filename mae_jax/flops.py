@@ -7,8 +7,9 @@ forward (the backward pass costs twice the forward), the usual model-FLOPs
 convention: remat recomputation is not counted, so MFU from these numbers is
 model-FLOPs utilization.
 
-For reference, ViT-B/16 at 224 on all 197 tokens is 35.1 GFLOPs here, the
-"17.6 GFLOPs" usually quoted, which counts multiply-adds (fvcore's convention).
+For reference, ViT-B/16 at 224 on all 197 tokens is 35.1 GFLOPs here; the
+usually quoted "17.6 GFLOPs" is the same work counted in multiply-adds
+(fvcore's convention).
 
 Shapes: L patches, K = masking.num_kept(L, ratio) visible patches, n_cls = 1
 with model.cls_token, D / E encoder / decoder width, M MLP width, P values per
@@ -41,8 +42,7 @@ def block_flops(tokens: int, width: int, mlp_dim: int) -> tuple[int, int]:
 def _shapes(config: ml_collections.ConfigDict) -> dict:
   enc = vit.decode_variant(config.model.variant)
   dec = mae.decode_decoder(config.model.decoder)
-  spatial = config_lib.input_shape(config)[:-1]
-  channels = config_lib.input_shape(config)[-1]
+  *spatial, channels = config_lib.input_shape(config)
   if len(spatial) != len(enc.patch) or any(
       s % p for s, p in zip(spatial, enc.patch)):
     raise ValueError(f'config.model.variant={config.model.variant!r}: patch '
@@ -111,8 +111,9 @@ def xla_counted_flops(config: ml_collections.ConfigDict) -> int:
   iteration, the depth % scan_unroll left over unrolled outside the loop)
   contributes min(scan_unroll, depth) + remainder blocks forward and backward,
   and the gradient-accumulation loop one micro-batch. XLA does count remat
-  recomputation: with model.remat 'full' (and 'names', which here recomputes
-  most matmuls of a block) a block's forward runs again in the backward pass.
+  recomputation: with model.remat 'full' (and, approximately, 'names') the
+  backward pass reruns a block's forward up to its last matmul (fc2's output
+  is not needed for any gradient); 'dots' keeps matmul outputs.
   Comparing this with compiled.cost_analysis()['flops'] x devices checks that
   the compiled program does the expected work (no redundant or missing
   compute); the remaining gap is elementwise work that XLA counts and we don't.
@@ -122,9 +123,14 @@ def xla_counted_flops(config: ml_collections.ConfigDict) -> int:
   enc, dec = s['enc'], s['dec']
   decoder_embed = 2 * f['encoder_tokens'] * enc.width * dec.width
   outside = f['patch_embed'] + decoder_embed + f['head']
-  blocks = (f['encoder'] * _counted_blocks(config, enc.depth) // enc.depth
-            + (f['decoder'] - decoder_embed)
-            * _counted_blocks(config, dec.depth) // dec.depth)
-  passes = 4 if config.model.remat in ('full', 'names') else 3
+  n_enc, n_dec = (_counted_blocks(config, enc.depth),
+                  _counted_blocks(config, dec.depth))
+  blocks = (f['encoder'] * n_enc // enc.depth
+            + (f['decoder'] - decoder_embed) * n_dec // dec.depth)
+  recompute = 0
+  if config.model.remat in ('full', 'names'):
+    fc2 = (n_enc * 2 * f['encoder_tokens'] * enc.mlp_dim * enc.width
+           + n_dec * 2 * f['decoder_tokens'] * dec.mlp_dim * dec.width)
+    recompute = blocks - fc2
   micro_batch = config.batch_size // config.grad_accum_steps
-  return (3 * outside + passes * blocks) * micro_batch
+  return (3 * (outside + blocks) + recompute) * micro_batch

@@ -21,38 +21,36 @@ TPU slice (e.g. v5p:4x4x4 = 64 chips) through libtpu, without TPUs.
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.util
 import json
 import math
 import os
+import re
 import sys
 import time
 from typing import Any
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
 from absl import app, flags
+from jax.experimental import topologies
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Config file, optionally with an argument: '
-    'configs/NAME.py[:ARG].', lock_config=True)
-_MESH = flags.DEFINE_string(
-    'mesh', '', 'Overrides of config.mesh, e.g. data=2,fsdp=4,tensor=1 (axes '
-    'dcn, data, fsdp, tensor; one may be -1 = the remaining devices).')
-_DEVICES = flags.DEFINE_integer(
-    'devices', None, 'Number of simulated CPU devices (default: the product of '
-    'the mesh sizes, or 8 when one is -1).')
-_TOPOLOGY = flags.DEFINE_string(
-    'topology', '', 'Compile for a TPU topology instead, e.g. v5p:4x4x4 '
-    '(needs libtpu: pip install "mae_jax[tpu-plan]").')
-_HBM_GIB = flags.DEFINE_float(
-    'hbm_gib', None, 'Memory per device in GiB for the verdict (default: the '
-    "TPU's HBM with --topology; required otherwise).")
-_JSON = flags.DEFINE_string('json', '', 'Also write every number to this file.')
+from mae_jax import config as config_lib, data, flops, optim, sharding
+from mae_jax import step as step_lib
+from mae_jax.models import vit
 
 GIB = 2**30
 # HBM per chip by jax device_kind.
-_TPU_HBM_GIB = {'TPU v4': 32, 'TPU v5 lite': 16, 'TPU v5': 95, 'TPU v5p': 95,
-                'TPU v6 lite': 32, 'TPU v6e': 32}
+_TPU_HBM_GIB = {'TPU v3': 32, 'TPU v4': 32, 'TPU v5 lite': 16, 'TPU v5': 95,
+                'TPU v6 lite': 32}
+# TPU_ACCELERATOR_TYPE for a topology's generation: without it libtpu warns
+# that it cannot find the host bounds (the compiled program is the same).
+_ACCELERATOR_TYPE = {'v3': 'v3-8', 'v4': 'v4-8', 'v5e': 'v5litepod-8',
+                     'v5p': 'v5p-8', 'v6e': 'v6e-8'}
 # Sources whose size is known without touching files (the rest may be
 # terabytes on a bucket, or absent on the machine that plans).
 _IN_MEMORY_SOURCES = ('synthetic', 'mnist', 'digits')
@@ -64,7 +62,6 @@ class PlanError(ValueError):
 
 def parse_mesh(text: str) -> dict[str, int]:
   """--mesh 'data=2,fsdp=4' -> {'data': 2, 'fsdp': 4}."""
-  from mae_jax import sharding  # pylint: disable=g-import-not-at-top
   out = {}
   for item in filter(None, text.split(',')):
     key, sep, value = item.partition('=')
@@ -86,7 +83,6 @@ def default_device_count(mesh_config) -> int:
 
 def cpu_devices(count: int) -> list:
   """`count` simulated CPU devices; must run before any jax backend exists."""
-  import jax  # pylint: disable=g-import-not-at-top
   jax.config.update('jax_platforms', 'cpu')
   try:
     jax.config.update('jax_num_cpu_devices', count)
@@ -100,15 +96,18 @@ def cpu_devices(count: int) -> list:
 
 
 def tpu_topology(name: str):
-  """-> (devices, hbm_gib or None) of the TPU topology `name`, e.g. v5p:4x4x4."""
+  """-> (devices, GiB per device or None) of the TPU topology `name`, e.g.
+  v5p:4x4x4 (64 chips). v3/v4 topologies list one device per TensorCore (2
+  per chip), so their memory per device is half a chip's."""
   if importlib.util.find_spec('libtpu') is None:
     raise PlanError(f'--topology={name}: compiling for TPUs needs libtpu, which '
                     "is not installed: pip install 'mae_jax[tpu-plan]'")
   # libtpu expects a TPU VM's environment; these keep it quiet and local.
   os.environ.setdefault('TPU_WORKER_HOSTNAMES', 'localhost')
   os.environ.setdefault('TPU_SKIP_MDS_QUERY', '1')
-  import jax  # pylint: disable=g-import-not-at-top
-  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+  generation = name.partition(':')[0]
+  if generation in _ACCELERATOR_TYPE:
+    os.environ.setdefault('TPU_ACCELERATOR_TYPE', _ACCELERATOR_TYPE[generation])
   jax.config.update('jax_platforms', 'cpu')  # never grab a local TPU
   try:
     topo = topologies.get_topology_desc(platform='tpu', topology_name=name)
@@ -116,46 +115,69 @@ def tpu_topology(name: str):
     raise PlanError(f'--topology={name}: libtpu cannot build it ({e}); use '
                     'GENERATION:CHIPS, e.g. v5p:4x4x4, v4:2x2x2, v5e:4x4, '
                     'v6e:8x8') from None
-  kind = topo.devices[0].device_kind
-  return list(topo.devices), _TPU_HBM_GIB.get(kind)
+  devices = list(topo.devices)
+  chip_gib = _TPU_HBM_GIB.get(devices[0].device_kind)
+  try:
+    chips = math.prod(int(d) for d in name.partition(':')[2].split('x'))
+  except ValueError:
+    chips = len(devices)
+  return devices, chip_gib and chip_gib * chips / len(devices)
 
 
 def _schedule(config):
   """(schedule, description). Only the optimizer's structure matters to memory
   and FLOPs; the schedule's values change neither."""
-  import optax  # pylint: disable=g-import-not-at-top
-  from mae_jax import config as config_lib, data, optim  # pylint: disable=g-import-not-at-top
   if config.data.source in _IN_MEMORY_SOURCES:
     n, _ = data.source_info(config.data, config.data.split,
                             image_size=config_lib.image_size(config),
                             channels=config.model.channels)
-    return optim.schedule(config, n), f'warmup + cosine ({n} examples)'
+    try:
+      return optim.schedule(config, n), f'warmup + cosine ({n} examples)'
+    except ValueError as e:  # warmup longer than the run
+      raise PlanError(str(e)) from None
   return (optax.constant_schedule(optim.peak_lr(config)),
           f'constant (data.source={config.data.source!r} is not opened)')
 
 
 def check_config(config, num_devices: int) -> None:
   """config.validate, minus opening or globbing the data source."""
-  from mae_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   checked = copy.deepcopy(config)
   checked.unlock()
   checked.data.source = 'synthetic'
-  config_lib.validate(checked, num_devices)
+  try:
+    config_lib.validate(checked, num_devices)
+  except config_lib.ConfigError as e:
+    if str(e).startswith('config.mesh'):
+      raise PlanError(f'{e}: set --mesh (or config.mesh) to use all '
+                      f'{num_devices} devices of --devices / --topology; one '
+                      'axis may be -1') from None
+    raise
 
 
-def _bytes(tree) -> int:
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  return sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize
+def _bytes(tree, per_device: bool = False) -> int:
+  """Bytes of the (abstract) leaves, or of one device's shard of each."""
+  return sum(math.prod(x.sharding.shard_shape(x.shape) if per_device
+                       else x.shape) * np.dtype(x.dtype).itemsize
              for x in jax.tree.leaves(tree))
 
 
-def _bytes_per_device(tree) -> int:
-  """Bytes of one device's shard of each (abstract, sharded) leaf."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  return sum(math.prod(x.sharding.shard_shape(x.shape))
-             * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+def _compile(lowered):
+  """-> (compiled, None) or, when XLA:TPU refuses a program larger than its
+  HBM (CompileTimeHbmOom), (the program compiled anyway, the refusal): with
+  xla_tpu_no_crash_on_oom it finishes, so memory_analysis() says by how much.
+  """
+  try:
+    return lowered.compile(), None
+  except jax.errors.JaxRuntimeError as e:
+    if 'RESOURCE_EXHAUSTED' not in str(e) or 'hbm' not in str(e).lower():
+      raise
+    # 'RESOURCE_EXHAUSTED: E1000: CompileTimeHbmOom: Ran out of memory on HBM,
+    # the total memory required ... (108.46G) exceeds available HBM (95.73G).
+    # HLO module: jit_train_step.' -> from 'Ran out' to the first '.'.
+    refused = re.sub(r'^.*?(Ran out)', r'\1', str(e).splitlines()[0])
+    refused = refused.split('. HLO module')[0]
+  return (lowered.compile(compiler_options={'xla_tpu_no_crash_on_oom': True}),
+          refused)
 
 
 def plan(config, devices) -> dict[str, Any]:
@@ -165,12 +187,6 @@ def plan(config, devices) -> dict[str, Any]:
   (a donated argument and the output that reuses its buffer are both counted
   in arguments and outputs, and once in aliased).
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from mae_jax import config as config_lib, flops, optim, sharding  # pylint: disable=g-import-not-at-top
-  from mae_jax import step as step_lib  # pylint: disable=g-import-not-at-top
-  from mae_jax.models import vit  # pylint: disable=g-import-not-at-top
-
   check_config(config, len(devices))
   lr, lr_text = _schedule(config)
   tx = optim.optimizer(config, lr)
@@ -179,10 +195,7 @@ def plan(config, devices) -> dict[str, Any]:
   shape = config_lib.input_shape(config)
   start = time.perf_counter()
   with sharding.rules_context(mesh, rules):
-    try:
-      setup = step_lib.StateSetup(config, tx, mesh)
-    except ValueError as e:  # a large parameter the mesh leaves replicated
-      raise PlanError(str(e)) from None
+    setup = step_lib.StateSetup(config, tx, mesh)  # ConfigError if under-sharded
     batch_sh = {'image': sharding.batch_sharding(mesh, rules, 1 + len(shape))}
     batch = {'image': jax.ShapeDtypeStruct((config.batch_size, *shape),
                                            jnp.float32,
@@ -193,7 +206,7 @@ def plan(config, devices) -> dict[str, Any]:
                                  config.grad_accum_steps), batch_sh)
     lowered = step_fn.lower(setup.abstract, batch, key)
   lowered_at = time.perf_counter()
-  compiled = lowered.compile()
+  compiled, refused = _compile(lowered)
   compiled_at = time.perf_counter()
 
   mem = compiled.memory_analysis()
@@ -203,8 +216,8 @@ def plan(config, devices) -> dict[str, Any]:
       generated_code=mem.generated_code_size_in_bytes)
   memory['total'] = (memory['arguments'] + memory['outputs']
                      - memory['aliased'] + memory['temporaries'])
-  memory['state_from_shardings'] = _bytes_per_device(setup.abstract)
-  memory['batch_from_shardings'] = _bytes_per_device(batch)
+  memory['state_from_shardings'] = _bytes(setup.abstract, per_device=True)
+  memory['batch_from_shardings'] = _bytes(batch, per_device=True)
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   analytic = flops.train_flops(config)
@@ -229,18 +242,22 @@ def plan(config, devices) -> dict[str, Any]:
           analytic_per_device=analytic['per_step'] / n,
           xla_per_device=float(cost.get('flops', 0.0)),
           xla_expected_per_device=flops.xla_counted_flops(config) / n),
-      memory=memory,
+      memory=memory, compiler_refused=refused,
       seconds=dict(lower=lowered_at - start, compile=compiled_at - lowered_at))
 
 
-def verdict(total_bytes: int, hbm_gib: float) -> tuple[bool, str]:
-  fits = total_bytes <= hbm_gib * GIB
-  used = total_bytes / GIB
-  if fits:
-    return True, (f'fits in {hbm_gib:g} GiB per device (uses {used:.1f} GiB, '
-                  f'{100 * used / hbm_gib:.0f}%)')
+def verdict(total_bytes: int, hbm_gib: float, refused: str | None = None
+            ) -> tuple[bool, str]:
+  """-> (fits, 'fits in 80 GiB per device (uses 23.4 GiB, 29%)'). `refused`:
+  XLA:TPU's own out-of-memory refusal, which also means it does not fit."""
+  used = (f'{total_bytes / GIB:.1f} GiB' if total_bytes >= GIB / 10
+          else _size(total_bytes))
+  if total_bytes <= hbm_gib * GIB and not refused:
+    return True, (f'fits in {hbm_gib:g} GiB per device (uses {used}, '
+                  f'{100 * total_bytes / (hbm_gib * GIB):.0f}%)')
+  why = f'; XLA:TPU refuses it: {refused}' if refused else ''
   return False, (f'does NOT fit in {hbm_gib:g} GiB per device (needs '
-                 f'{used:.1f} GiB)')
+                 f'{used}{why})')
 
 
 def _si(x: float, unit: str) -> str:
@@ -249,6 +266,13 @@ def _si(x: float, unit: str) -> str:
     if abs(x) >= scale:
       return f'{x / scale:.4g} {prefix}{unit}'
   return f'{x:.4g} {unit}'
+
+
+def _size(nbytes: float) -> str:
+  for scale, unit in ((GIB, 'GiB'), (2**20, 'MiB'), (2**10, 'KiB')):
+    if nbytes >= scale / 10:
+      return f'{nbytes / scale:.2f} {unit}'
+  return f'{nbytes:.0f} B'
 
 
 def report(r: dict[str, Any]) -> str:
@@ -262,7 +286,7 @@ def report(r: dict[str, Any]) -> str:
             f"{d['count']} x {d['kind']} ({r['topology']}, compiled by libtpu)")
   ratio = f['xla_per_device'] / max(f['xla_expected_per_device'], 1)
   ex = f['analytic_per_example']
-  g = lambda key: f'{m[key] / GIB:10.2f}'  # pylint: disable=unnecessary-lambda-assignment
+  g = lambda key: f'{_size(m[key]):>11}'  # pylint: disable=unnecessary-lambda-assignment
   lines = [
       f"model        ViT-{c['variant']} encoder, {c['decoder']} decoder, "
       f"input {tuple(c['input_shape'])}, mask {c['mask_ratio']}",
@@ -273,17 +297,20 @@ def report(r: dict[str, Any]) -> str:
       f"remat {c['remat']}, scan_unroll {c['scan_unroll']}; "
       f"lr schedule {c['lr_schedule']}",
       f'mesh         {mesh} on {target}',
-      f"parameters   {r['parameters']:,} ({r['parameter_bytes'] / GIB:.2f} GiB)",
-      f"optimizer    state {r['optimizer_state_bytes'] / GIB:.2f} GiB",
+      f"parameters   {r['parameters']:,} ({_size(r['parameter_bytes'])})",
+      f"optimizer    state {_size(r['optimizer_state_bytes'])}",
       f"FLOPs/step   {_si(f['analytic_per_step'], 'FLOP')} analytic (3 x "
       f"forward {_si(ex['forward'], 'FLOP')}/example x {c['batch_size']}), "
       f"{_si(f['analytic_per_device'], 'FLOP')} per device",
       f"XLA FLOPs    {_si(f['xla_per_device'], 'FLOP')} per device "
-      f"(cost_analysis; expected {_si(f['xla_expected_per_device'], 'FLOP')} "
-      f'counting each while-loop body once, as XLA does: ratio {ratio:.2f})',
-      'memory/device (GiB, XLA buffer assignment)',
-      f"  arguments  {g('arguments')}   state {m['state_from_shardings'] / GIB:.2f}"
-      f" + batch {m['batch_from_shardings'] / GIB:.2f} by their shardings",
+      '(cost_analysis of the partitioned program; expected '
+      f"{_si(f['xla_expected_per_device'], 'FLOP')} counting each while-loop "
+      f'body once, as XLA does: ratio {ratio:.2f})',
+      'memory per device (XLA buffer assignment'
+      + (', compiled with xla_tpu_no_crash_on_oom after XLA:TPU refused it)'
+         if r['compiler_refused'] else ')'),
+      f"  arguments  {g('arguments')}   state {_size(m['state_from_shardings'])}"
+      f" + batch {_size(m['batch_from_shardings'])} by their shardings",
       f"  outputs    {g('outputs')}",
       f"  aliased    {g('aliased')}   donated state reused by the new state",
       f"  temporaries{g('temporaries')}",
@@ -297,46 +324,79 @@ def report(r: dict[str, Any]) -> str:
   return '\n'.join(lines)
 
 
-def main(argv) -> None:
+def define_flags() -> dict[str, Any]:
+  """The CLI's flags (defined on demand, so importing this module for plan()
+  does not clash with mae_jax.main's --config)."""
+  return dict(
+      config=config_flags.DEFINE_config_file(
+          'config', None, 'Config file, optionally with an argument: '
+          'configs/NAME.py[:ARG].', lock_config=True),
+      mesh=flags.DEFINE_string(
+          'mesh', '', 'Overrides of config.mesh, e.g. data=2,fsdp=4,tensor=1 '
+          '(axes dcn, data, fsdp, tensor; one may be -1 = the rest).'),
+      devices=flags.DEFINE_integer(
+          'devices', None, 'Number of simulated CPU devices (default: the '
+          'product of the mesh sizes, or 8 when one is -1).'),
+      topology=flags.DEFINE_string(
+          'topology', '', 'Compile for a TPU topology instead, e.g. v5p:4x4x4 '
+          '(needs libtpu: pip install "mae_jax[tpu-plan]").'),
+      hbm_gib=flags.DEFINE_float(
+          'hbm_gib', None, 'Memory per device in GiB for the verdict (default: '
+          "the TPU's HBM with --topology; required otherwise)."),
+      json=flags.DEFINE_string('json', '', 'Also write every number to this '
+                               'file.'),
+  )
+
+
+def main(argv, flag: dict[str, Any]) -> None:
+  """flag: define_flags()'s holders."""
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  config = _CONFIG.value
+  config = flag['config'].value
   if config is None:
     raise app.UsageError('--config is required, e.g. '
                          '--config=configs/mae_imagenet.py:variant=B/16')
-  from mae_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   try:
-    for axis, size in parse_mesh(_MESH.value).items():
+    for axis, size in parse_mesh(flag['mesh'].value).items():
       config.mesh[axis] = size
-    if _TOPOLOGY.value:
-      if _DEVICES.value is not None:
+    if flag['topology'].value:
+      if flag['devices'].value is not None:
         raise PlanError('--devices and --topology exclude each other: a TPU '
                         "topology's chip count is fixed")
-      devices, hbm_gib = tpu_topology(_TOPOLOGY.value)
+      devices, hbm_gib = tpu_topology(flag['topology'].value)
     else:
-      count = _DEVICES.value or default_device_count(config.mesh)
+      count = flag['devices'].value
+      if count is None:
+        count = default_device_count(config.mesh)
       if count < 1:
         raise PlanError(f'--devices={count}: must be >= 1')
       devices, hbm_gib = None, None
-    hbm_gib = _HBM_GIB.value if _HBM_GIB.value is not None else hbm_gib
+    if flag['hbm_gib'].value is not None:
+      hbm_gib = flag['hbm_gib'].value
     if hbm_gib is None or hbm_gib <= 0:
-      raise PlanError('--hbm_gib: give the memory per device in GiB (e.g. 80 '
-                      'for 80 GiB GPUs); it is only implied by --topology')
+      raise PlanError(f'--hbm_gib={flag["hbm_gib"].value}: give the memory per '
+                      'device in GiB (> 0, e.g. 80 for 80 GiB GPUs); only a '
+                      'known --topology implies it')
     if devices is None:
       devices = cpu_devices(count)
     result = plan(config, devices)
   except (PlanError, config_lib.ConfigError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
-  result['topology'] = _TOPOLOGY.value or None
+  result['topology'] = flag['topology'].value or None
   result['hbm_gib'] = hbm_gib
-  result['fits'], result['verdict'] = verdict(result['memory']['total'],
-                                              hbm_gib)
+  result['fits'], result['verdict'] = verdict(
+      result['memory']['total'], hbm_gib, result['compiler_refused'])
   print(report(result))
-  if _JSON.value:
-    with open(_JSON.value, 'w', encoding='utf-8') as f:
-      json.dump(result, f, indent=1)
+  if flag['json'].value:
+    with open(flag['json'].value, 'w', encoding='utf-8') as out:
+      json.dump(result, out, indent=1)
+
+
+def run() -> None:
+  holders = define_flags()
+  app.run(functools.partial(main, flag=holders))
 
 
 if __name__ == '__main__':
-  app.run(main)
+  run()
