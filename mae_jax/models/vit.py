@@ -98,6 +98,25 @@ def layer_norm(width: int, *, dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
                        bias_init=param_init(_zeros, ('norm',)), rngs=rngs)
 
 
+def attention(q: jax.Array, k: jax.Array, v: jax.Array,
+              implementation: str | None) -> jax.Array:
+  """Softmax attention, q, k, v: [B, T, H, K] -> [B, T, H, K].
+
+  implementation None picks per backend: cuDNN's fused flash attention on a
+  GPU for bf16/fp16 and head dims it supports (jax's own None means XLA
+  everywhere), XLA otherwise; 'xla' or 'cudnn' force one.
+  """
+  if implementation is None:
+    implementation = 'xla'
+    if (jax.default_backend() == 'gpu' and q.dtype in (jnp.bfloat16, jnp.float16)
+        and q.shape[-1] % 8 == 0 and q.shape[-1] <= 128):
+      try:
+        return jax.nn.dot_product_attention(q, k, v, implementation='cudnn')
+      except (RuntimeError, NotImplementedError, ValueError):
+        pass  # no cuDNN, or one too old for these shapes: XLA's version
+  return jax.nn.dot_product_attention(q, k, v, implementation=implementation)
+
+
 class Attention(nnx.Module):
   """Multi-head self-attention. x: [B, T, D] -> [B, T, D]."""
 
@@ -125,8 +144,7 @@ class Attention(nnx.Module):
     qkv = checkpoint_name(self.qkv(x), 'attn_qkv')
     q, k, v = (constrain(qkv[:, :, i], ('batch', 'length', 'heads', 'kv'))
                for i in range(3))
-    # Chooses a fused kernel per backend (cuDNN flash attention on GPU).
-    o = jax.nn.dot_product_attention(q, k, v, implementation=self.implementation)
+    o = attention(q, k, v, self.implementation)
     o = checkpoint_name(o, 'attn_context')
     return self.out(o)
 
