@@ -206,9 +206,10 @@ def _loop(run: _Run, state, batches, start: int) -> dict[str, Any]:
     if run.trace:
       run.trace.write(json.dumps({'step': done,
                                   'index': info['index'].tolist()}) + '\n')
-    if first_rate is None:  # later intervals exclude compilation
+    if first_rate is None:  # later intervals (and the ETA) exclude compiling
       jax.block_until_ready(m)
       first_rate = throughput.rate(done)
+      throughput.start(done)
     is_log = done % c.log_every == 0 or done == end
     is_ckpt = done % c.checkpoint_every == 0 or done == end
     stop = run.preemption.should_stop(at_sync_point=is_log or is_ckpt)
