@@ -12,94 +12,22 @@ passed through unchanged and in order. `--dry-run` prints that command as one
 shell line (`KEY=VALUE ... python -m mae_jax.main ...`) and runs nothing.
 
 Run it from the repository root (or with mae_jax installed, e.g. `make env`);
-`--python .venv/bin/python` picks the interpreter. Standard library only: it
-does not import jax or mae_jax.
+`--python .venv/bin/python` picks the interpreter. Standard library only
+(and launch/common.py beside it): it does not import jax or mae_jax.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import re
 import shlex
 import signal
 import subprocess
 import sys
 
-# XLA_FLAGS for GPU training. Only what the JAX and NVIDIA docs recommend
-# without per-model tuning (the flags must exist in the installed jaxlib, or
-# XLA aborts at start-up with "Unknown flag in XLA_FLAGS"; the tests check it):
-#  --xla_gpu_enable_latency_hiding_scheduler=true  lets XLA schedule the
-#    FSDP all-gathers / reduce-scatters (and the data-parallel all-reduce)
-#    asynchronously, overlapped with compute. Recommended in JAX's "GPU
-#    performance tips" (https://docs.jax.dev/en/latest/gpu_performance_tips.html)
-#    and baked into NVIDIA's JAX containers
-#    (https://docs.nvidia.com/jax-toolbox/environment-variables).
-# Deliberately not set by default (add them with --xla-flags='...'):
-#  * the FSDP pipelining flags of NVIDIA JAX-Toolbox's GPU_performance.md
-#    (--xla_gpu_enable_pipelined_all_gather / _reduce_scatter / _all_reduce,
-#    --xla_gpu_enable_while_loop_double_buffering): they crashed the compiler
-#    with gradient-accumulation loops (openxla/xla#14332) and were reverted as
-#    XLA defaults after a convergence problem (openxla/xla#16953);
-#  * --xla_gpu_*_combine_threshold_bytes: the right values depend on the
-#    model's per-layer parameter bytes and the GPU count (JAX's GPU tips).
-GPU_XLA_FLAGS = ('--xla_gpu_enable_latency_hiding_scheduler=true',)
-
-# JAX preallocates 75% of each GPU's memory by default
-# (https://docs.jax.dev/en/latest/gpu_memory_allocation.html); NVIDIA's
-# JAX-Toolbox GPU_performance.md: "We typically set it to 0.9 or 0.8".
-DEFAULT_MEM_FRACTION = 0.9
-
-MAIN_MODULE = 'mae_jax.main'
-_ENV_NAME = re.compile(r'^[A-Za-z_][A-Za-z0-9_]*$')
-
-
-def split_passthrough(argv):
-  """argv -> (launcher args, args after the first '--').
-
-  --dry-run counts wherever it is, also after '--' (mae_jax.main has no such
-  flag): a misplaced --dry-run must not launch anything."""
-  own, after = list(argv), []
-  if '--' in argv:
-    i = argv.index('--')
-    own, after = argv[:i], argv[i + 1:]
-  if '--dry-run' in after:
-    after = [a for a in after if a != '--dry-run']
-    own.append('--dry-run')
-  return own, after
-
-
-def has_flag(args, name):
-  """Whether `--name` or `--name=...` is among args (absl also takes -name)."""
-  for a in args:
-    for dashes in ('--', '-'):
-      if a == dashes + name or a.startswith(dashes + name + '='):
-        return True
-  return False
-
-
-def require_workdir(parser, passthrough):
-  if not (has_flag(passthrough, 'workdir') or has_flag(passthrough, 'flagfile')):
-    parser.error('the following arguments are required for mae_jax.main: '
-                 '--workdir=DIR (pass it after --)')
-
-
-def env_pair(parser, text):
-  key, sep, value = text.partition('=')
-  if not sep or not _ENV_NAME.match(key):
-    parser.error(f'--env expects KEY=VALUE, got {text!r}')
-  return key, value
-
-
-def xla_flags(extra):
-  """The launcher's flags, then the caller's $XLA_FLAGS, then --xla-flags.
-
-  XLA takes the last value of a flag given twice, so later ones override."""
-  parts = list(GPU_XLA_FLAGS)
-  for more in (os.environ.get('XLA_FLAGS', ''), extra or ''):
-    if more.strip():
-      parts.append(more.strip())
-  return ' '.join(parts)
+# common.py also says why each XLA flag is, or is not, set.
+from common import (DEFAULT_MEM_FRACTION, MAIN_MODULE, assignments,
+                    exit_status, parse, require_workdir, show, with_xla_env)
 
 
 def gpu_env(parser, args):
@@ -110,21 +38,12 @@ def gpu_env(parser, args):
     if not all(g.isdigit() for g in ids):
       parser.error(f'--gpus expects comma-separated GPU indices, got {args.gpus!r}')
     env['CUDA_VISIBLE_DEVICES'] = ','.join(ids)
-  if args.mem_fraction:
-    if not 0 < args.mem_fraction <= 1:
-      parser.error(f'--mem-fraction must be in (0, 1], got {args.mem_fraction}')
-    env['XLA_PYTHON_CLIENT_MEM_FRACTION'] = f'{args.mem_fraction:g}'
-  env['XLA_FLAGS'] = xla_flags(args.xla_flags)
-  for item in args.env or ():
-    key, value = env_pair(parser, item)
-    env[key] = value
-  return env
+  return with_xla_env(parser, args, env)
 
 
 def env_line(env, cmd):
   """`KEY=VALUE ... cmd` as one line a POSIX shell runs as is."""
-  assigns = [f'{k}={shlex.quote(v)}' for k, v in env.items()]
-  return ' '.join(assigns + [shlex.join(cmd)])
+  return ' '.join(assignments(env) + [shlex.join(cmd)])
 
 
 def run_forwarding_signals(cmd, env):
@@ -133,7 +52,7 @@ def run_forwarding_signals(cmd, env):
   SIGTERM is how schedulers preempt: mae_jax.main then saves a checkpoint and
   exits 0. Ctrl-C already reaches the child through the terminal, so the
   launcher ignores SIGINT while it waits for the child to finish."""
-  print('+ ' + shlex.join(cmd), file=sys.stderr, flush=True)
+  show(cmd)
   proc = subprocess.Popen(cmd, env=env)
   previous = {
       signal.SIGTERM: signal.signal(
@@ -177,11 +96,8 @@ def build_parser():
 
 
 def main(argv=None):
-  argv = sys.argv[1:] if argv is None else argv
   parser = build_parser()
-  own, after = split_passthrough(argv)
-  args, unknown = parser.parse_known_args(own)
-  passthrough = unknown + after
+  args, passthrough = parse(parser, argv)
   require_workdir(parser, passthrough)
   env = gpu_env(parser, args)
   cmd = [args.python, '-m', MAIN_MODULE] + passthrough
@@ -193,8 +109,7 @@ def main(argv=None):
   except subprocess.CalledProcessError as e:
     print(f'gpu_host.py: mae_jax.main exited with status {e.returncode}',
           file=sys.stderr)
-    # A child killed by signal N has returncode -N; report it as a shell does.
-    return e.returncode if e.returncode > 0 else 128 - e.returncode
+    return exit_status(e.returncode)
   except FileNotFoundError as e:
     print(f'gpu_host.py: {e}', file=sys.stderr)
     return 127

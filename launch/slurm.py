@@ -22,80 +22,22 @@ JAX_LOCAL_DEVICE_IDS=0,...,G-1 (read by jax.distributed.initialize) so each
 process drives all G GPUs of its node.
 
 The workdir must be on a file system all nodes share (or gs://...).
-Standard library only: it does not import jax or mae_jax.
+Standard library only (and launch/common.py beside it): it does not import jax
+or mae_jax.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import re
 import shlex
 import subprocess
 import sys
 
-# Same XLA environment as launch/gpu_host.py (kept in sync by the tests); see
-# the comments there for why each flag is, or is not, set.
-GPU_XLA_FLAGS = ('--xla_gpu_enable_latency_hiding_scheduler=true',)
-DEFAULT_MEM_FRACTION = 0.9
-
-MAIN_MODULE = 'mae_jax.main'
-_ENV_NAME = re.compile(r'^[A-Za-z_][A-Za-z0-9_]*$')
-
-
-def split_passthrough(argv):
-  """argv -> (launcher args, args after the first '--').
-
-  --dry-run counts wherever it is, also after '--' (mae_jax.main has no such
-  flag): a misplaced --dry-run must not launch anything."""
-  own, after = list(argv), []
-  if '--' in argv:
-    i = argv.index('--')
-    own, after = argv[:i], argv[i + 1:]
-  if '--dry-run' in after:
-    after = [a for a in after if a != '--dry-run']
-    own.append('--dry-run')
-  return own, after
-
-
-def has_flag(args, name):
-  """Whether `--name` or `--name=...` is among args (absl also takes -name)."""
-  for a in args:
-    for dashes in ('--', '-'):
-      if a == dashes + name or a.startswith(dashes + name + '='):
-        return True
-  return False
-
-
-def require_workdir(parser, passthrough):
-  if not (has_flag(passthrough, 'workdir') or has_flag(passthrough, 'flagfile')):
-    parser.error('the following arguments are required for mae_jax.main: '
-                 '--workdir=DIR (pass it after --)')
-
-
-def env_pair(parser, text):
-  key, sep, value = text.partition('=')
-  if not sep or not _ENV_NAME.match(key):
-    parser.error(f'--env expects KEY=VALUE, got {text!r}')
-  return key, value
-
-
-def xla_flags(extra):
-  """The launcher's flags, then the caller's $XLA_FLAGS, then --xla-flags.
-
-  XLA takes the last value of a flag given twice, so later ones override."""
-  parts = list(GPU_XLA_FLAGS)
-  for more in (os.environ.get('XLA_FLAGS', ''), extra or ''):
-    if more.strip():
-      parts.append(more.strip())
-  return ' '.join(parts)
-
-
-def positive_int(text):
-  value = int(text)
-  if value < 1:
-    raise argparse.ArgumentTypeError(f'must be >= 1, got {value}')
-  return value
+# The same XLA environment as launch/gpu_host.py; common.py says why each
+# flag is, or is not, set.
+from common import (DEFAULT_MEM_FRACTION, MAIN_MODULE, assignments,
+                    exit_status, parse, positive_int, require_workdir, show,
+                    with_xla_env)
 
 
 def batch_script(parser, args, passthrough):
@@ -122,18 +64,10 @@ def batch_script(parser, args, passthrough):
     header.append(f'--signal=TERM@{args.term_before_end}')
   header += args.sbatch or []
 
-  env = {
+  env = with_xla_env(parser, args, {
       'PYTHONUNBUFFERED': '1',
       'JAX_LOCAL_DEVICE_IDS': ','.join(str(i) for i in range(args.gpus_per_node)),
-  }
-  if args.mem_fraction:
-    if not 0 < args.mem_fraction <= 1:
-      parser.error(f'--mem-fraction must be in (0, 1], got {args.mem_fraction}')
-    env['XLA_PYTHON_CLIENT_MEM_FRACTION'] = f'{args.mem_fraction:g}'
-  env['XLA_FLAGS'] = xla_flags(args.xla_flags)
-  for item in args.env or ():
-    key, value = env_pair(parser, item)
-    env[key] = value
+  })
 
   srun = ['srun', '--kill-on-bad-exit=1', args.python, '-m', MAIN_MODULE]
   lines = ['#!/bin/bash']
@@ -147,7 +81,7 @@ def batch_script(parser, args, passthrough):
       'set -eo pipefail',
   ]
   lines += list(args.setup or [])
-  lines += [f'export {k}={shlex.quote(v)}' for k, v in env.items()]
+  lines += ['export ' + a for a in assignments(env)]
   # --kill-on-bad-exit: if one process dies the others would otherwise wait in
   # a collective until the time limit.
   lines.append(shlex.join(srun + passthrough))
@@ -206,11 +140,8 @@ def build_parser():
 
 
 def main(argv=None):
-  argv = sys.argv[1:] if argv is None else argv
   parser = build_parser()
-  own, after = split_passthrough(argv)
-  args, unknown = parser.parse_known_args(own)
-  passthrough = unknown + after
+  args, passthrough = parse(parser, argv)
   require_workdir(parser, passthrough)
   script = batch_script(parser, args, passthrough)
   if args.dry_run:
@@ -221,12 +152,12 @@ def main(argv=None):
     f.write(script)
   print(f'slurm.py: wrote {path}', file=sys.stderr)
   cmd = ['sbatch', path]
-  print('+ ' + shlex.join(cmd), file=sys.stderr, flush=True)
+  show(cmd)
   try:
     subprocess.run(cmd, check=True)
   except subprocess.CalledProcessError as e:
     print(f'slurm.py: sbatch exited with status {e.returncode}', file=sys.stderr)
-    return e.returncode if e.returncode > 0 else 128 - e.returncode
+    return exit_status(e.returncode)
   except FileNotFoundError:
     print('slurm.py: sbatch not found (run this on a SLURM login node, or use '
           '--dry-run)', file=sys.stderr)

@@ -27,57 +27,23 @@ Multi-slice (`--num-slices K`, K > 1): the slices are one queued resource
 arguments already set config.mesh.dcn. Pass the same --num-slices to every
 subcommand.
 
-Standard library only: it does not import jax or mae_jax.
+Standard library only (and launch/common.py beside it): it does not import jax
+or mae_jax.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
 import shlex
 import subprocess
 import sys
 
-MAIN_MODULE = 'mae_jax.main'
+from common import (MAIN_MODULE, assignments, exit_status, flag_value, parse,
+                    positive_int, require_workdir, show, user_env)
+
 DCN_FLAG = '--config.mesh.dcn'
 # https://docs.astral.sh/uv/getting-started/installation/ (installs ~/.local/bin/uv)
 UV_INSTALLER = 'https://astral.sh/uv/install.sh'
-_ENV_NAME = re.compile(r'^[A-Za-z_][A-Za-z0-9_]*$')
-
-
-def split_passthrough(argv):
-  """argv -> (launcher args, args after the first '--').
-
-  --dry-run counts wherever it is, also after '--' (mae_jax.main has no such
-  flag): a misplaced --dry-run must not launch anything."""
-  own, after = list(argv), []
-  if '--' in argv:
-    i = argv.index('--')
-    own, after = argv[:i], argv[i + 1:]
-  if '--dry-run' in after:
-    after = [a for a in after if a != '--dry-run']
-    own.append('--dry-run')
-  return own, after
-
-
-def has_flag(args, name):
-  """Whether `--name` or `--name=...` is among args (absl also takes -name)."""
-  for a in args:
-    for dashes in ('--', '-'):
-      if a == dashes + name or a.startswith(dashes + name + '='):
-        return True
-  return False
-
-
-def flag_value(args, name):
-  """The last value given to --name (as --name=V or --name V), else None."""
-  value = None
-  for i, a in enumerate(args):
-    if a.startswith(name + '='):
-      value = a[len(name) + 1:]
-    elif a == name and i + 1 < len(args):
-      value = args[i + 1]
-  return value
 
 
 def remote_path(path):
@@ -185,9 +151,7 @@ def setup_commands(parser, args, passthrough):
 
 
 def run_commands(parser, args, passthrough):
-  if not (has_flag(passthrough, 'workdir') or has_flag(passthrough, 'flagfile')):
-    parser.error('the following arguments are required for mae_jax.main: '
-                 '--workdir=DIR (pass it after --)')
+  require_workdir(parser, passthrough)
   workdir = flag_value(passthrough, '--workdir') or ''
   if workdir and not workdir.startswith('gs://'):
     print(f'tpu_pod.py: warning: --workdir={workdir} is not a gs:// path; '
@@ -212,13 +176,8 @@ def run_commands(parser, args, passthrough):
           '(or --detach), since every process waits for all the others',
           file=sys.stderr)
 
-  env = {'PYTHONUNBUFFERED': '1'}
-  for item in args.env or ():
-    key, sep, value = item.partition('=')
-    if not sep or not _ENV_NAME.match(key):
-      parser.error(f'--env expects KEY=VALUE, got {item!r}')
-    env[key] = value
-  assigns = ' '.join(f'{k}={shlex.quote(v)}' for k, v in env.items())
+  env = {'PYTHONUNBUFFERED': '1', **user_env(parser, args.env)}
+  assigns = ' '.join(assignments(env))
   python = shlex.join([args.python, '-m', MAIN_MODULE] + main_args)
   log = _log_file(args, 'log')
   prefix = (f'mkdir -p {remote_path(args.log_dir)} && '
@@ -277,13 +236,6 @@ def delete_commands(parser, args, passthrough):
 # --------------------------------------------------------------------------
 
 
-def positive_int(text):
-  value = int(text)
-  if value < 1:
-    raise argparse.ArgumentTypeError(f'must be >= 1, got {value}')
-  return value
-
-
 def build_parser():
   target = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
   target.add_argument('--name', required=True,
@@ -306,6 +258,25 @@ def build_parser():
     sp.set_defaults(builder=builder)
     return sp
 
+  # run works in the checkout setup made, and logs and stop find what run
+  # wrote: these options are defined once each, so the subcommands cannot
+  # disagree on their defaults. Each subcommand's help says once (`home`)
+  # where a relative path starts.
+  home = ', relative to $HOME'
+
+  def remote_dir(sp, note=''):
+    sp.add_argument('--remote-dir', default='mae_jax',
+                    help=f'checkout directory on the workers{note} '
+                    '(default %(default)s)')
+
+  def log_dir(sp, note=''):
+    sp.add_argument('--log-dir', default='mae_jax_logs',
+                    help=f'log directory on the workers{note} '
+                    '(default %(default)s)')
+
+  def log_name(sp, help_text):
+    sp.add_argument('--log-name', default='run', help=help_text)
+
   c = add('create', 'create the slice (tpu-vm create, or a queued resource)',
           create_commands)
   c.add_argument('--accelerator-type', required=True, help='e.g. v5p-64')
@@ -326,26 +297,20 @@ def build_parser():
   s.add_argument('--repo', required=True, help='git URL to clone')
   s.add_argument('--ref', default='HEAD',
                  help='branch, tag or commit (default: the remote\'s HEAD)')
-  s.add_argument('--remote-dir', default='mae_jax',
-                 help='checkout directory on the workers, relative to $HOME '
-                 '(default %(default)s)')
+  remote_dir(s, home)
   s.add_argument('--python-version', default='3.12',
                  help='Python for the workers\' .venv (default %(default)s)')
 
   r = add('run', 'run python -m mae_jax.main on every worker at once '
           '(arguments after -- go to it)', run_commands)
-  r.add_argument('--remote-dir', default='mae_jax',
-                 help='checkout directory on the workers (default %(default)s)')
+  remote_dir(r)
   r.add_argument('--python', default='.venv/bin/python',
                  help='interpreter, relative to --remote-dir (default '
                  '%(default)s, made by setup)')
   r.add_argument('--env', action='append', metavar='KEY=VALUE',
                  help='extra environment variable (repeatable)')
-  r.add_argument('--log-dir', default='mae_jax_logs',
-                 help='log directory on the workers, relative to $HOME '
-                 '(default %(default)s)')
-  r.add_argument('--log-name', default='run',
-                 help='log file LOG_NAME-<worker hostname>.log (appended to)')
+  log_dir(r, home)
+  log_name(r, 'log file LOG_NAME-<worker hostname>.log (appended to)')
   r.add_argument('--detach', action='store_true',
                  help='start in the background (nohup) and return at once')
   r.add_argument('--batch-size', type=positive_int,
@@ -354,16 +319,13 @@ def build_parser():
                  '--detach, since every process waits for all the others')
 
   g = add('logs', 'copy the run logs of every worker here', logs_commands)
-  g.add_argument('--log-dir', default='mae_jax_logs',
-                 help='log directory on the workers (default %(default)s)')
+  log_dir(g)
   g.add_argument('--local-dir', help='local directory (default tpu_logs/NAME)')
 
   t = add('stop', 'SIGTERM the detached run on every worker (it saves a '
           'checkpoint and exits)', stop_commands)
-  t.add_argument('--log-dir', default='mae_jax_logs',
-                 help='log directory on the workers (default %(default)s)')
-  t.add_argument('--log-name', default='run',
-                 help='the --log-name of the run (default %(default)s)')
+  log_dir(t)
+  log_name(t, 'the --log-name of the run (default %(default)s)')
 
   d = add('delete', 'delete the slice (or the queued resource)',
           delete_commands)
@@ -373,11 +335,8 @@ def build_parser():
 
 
 def main(argv=None):
-  argv = sys.argv[1:] if argv is None else argv
   parser = build_parser()
-  own, after = split_passthrough(argv)
-  args, unknown = parser.parse_known_args(own)
-  passthrough = unknown + after
+  args, passthrough = parse(parser, argv)
   if args.command != 'run' and passthrough:
     parser.error(f'unrecognized arguments for {args.command}: '
                  f'{shlex.join(passthrough)}')
@@ -389,13 +348,13 @@ def main(argv=None):
       print(shlex.join(cmd))
     return 0
   for cmd in commands:
-    print('+ ' + shlex.join(cmd), file=sys.stderr, flush=True)
+    show(cmd)
     try:
       subprocess.run(cmd, check=True)
     except subprocess.CalledProcessError as e:
       print(f'tpu_pod.py: {cmd[0]} exited with status {e.returncode}',
             file=sys.stderr)
-      return e.returncode if e.returncode > 0 else 128 - e.returncode
+      return exit_status(e.returncode)
     except FileNotFoundError:
       print(f'tpu_pod.py: {cmd[0]} not found (install the Google Cloud CLI, '
             'or use --dry-run)', file=sys.stderr)

@@ -28,6 +28,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / 'launch'
 SCRIPTS = ('tpu_pod.py', 'gpu_host.py', 'slurm.py')
+COMMON = 'common.py'  # what the scripts share; they import it as `common`
 
 # Passed through to mae_jax.main: spaces, quotes, $ and a space-separated
 # value must all arrive unchanged and in this order.
@@ -54,9 +55,8 @@ def guard_path(tmp_path_factory):
   global GUARD_DIR
   GUARD_DIR = tmp_path_factory.mktemp('guard')
   for name in ('gcloud', 'sbatch', 'srun'):
-    path = GUARD_DIR / name
-    path.write_text(f'#!/bin/sh\necho "guard: {name} called" >&2\nexit 97\n')
-    path.chmod(0o755)
+    write_executable(GUARD_DIR / name,
+                     f'#!/bin/sh\necho "guard: {name} called" >&2\nexit 97\n')
   yield
 
 
@@ -73,6 +73,19 @@ def with_bin(bin_dir, **extra):
   env = clean_env(**extra)
   env['PATH'] = f'{bin_dir}{os.pathsep}{env["PATH"]}'
   return env
+
+
+def write_executable(path, text):
+  path.write_text(text)
+  path.chmod(0o755)
+
+
+def stub_bin(tmp_path, name, text):
+  """A new directory holding one stub command `name`, for with_bin."""
+  bin_dir = tmp_path / 'bin'
+  bin_dir.mkdir()
+  write_executable(bin_dir / name, text)
+  return bin_dir
 
 
 def launch(script, *args, env=None, check=True):
@@ -162,8 +175,7 @@ def test_scripts_name_the_real_module_and_flags():
   config_py = (ROOT / 'mae_jax' / 'config.py').read_text()
   assert re.search(r'c\.mesh = .*\bdcn=', config_py)
   assert "DCN_FLAG = '--config.mesh.dcn'" in (LAUNCH / 'tpu_pod.py').read_text()
-  for script in SCRIPTS:
-    assert "MAIN_MODULE = 'mae_jax.main'" in (LAUNCH / script).read_text()
+  assert "MAIN_MODULE = 'mae_jax.main'" in (LAUNCH / COMMON).read_text()
 
 
 @pytest.mark.parametrize('script,args', [
@@ -193,8 +205,10 @@ def test_dry_run_after_separator_is_the_launchers():
   assert main_args(shlex.split(line)) == PASS
 
 
-@pytest.mark.parametrize('script', SCRIPTS)
+@pytest.mark.parametrize('script', SCRIPTS + (COMMON,))
 def test_scripts_use_the_standard_library_only(script):
+  # Besides the standard library, only their sibling common.py (which
+  # `python launch/NAME.py` finds on sys.path, also under -S).
   tree = ast.parse((LAUNCH / script).read_text())
   for node in ast.walk(tree):
     if isinstance(node, ast.Import):
@@ -205,7 +219,8 @@ def test_scripts_use_the_standard_library_only(script):
       continue
     for name in names:
       top = name.split('.')[0]
-      assert top in sys.stdlib_module_names or top == '__future__', (script, name)
+      assert (top in sys.stdlib_module_names or top == '__future__'
+              or top == pathlib.Path(COMMON).stem), (script, name)
 
 
 def test_jax_reads_the_local_device_ids_that_slurm_sets():
@@ -377,12 +392,9 @@ def test_slurm_optional_header_lines():
 
 
 def test_slurm_script_runs_with_stub_srun(tmp_path, stub_python):
-  bin_dir = tmp_path / 'bin'
-  bin_dir.mkdir()
-  srun = bin_dir / 'srun'
-  srun.write_text('#!/bin/sh\n[ "$1" = --kill-on-bad-exit=1 ] || exit 99\n'
-                  'shift\nexec "$@"\n')
-  srun.chmod(0o755)
+  bin_dir = stub_bin(tmp_path, 'srun',
+                     '#!/bin/sh\n[ "$1" = --kill-on-bad-exit=1 ] || exit 99\n'
+                     'shift\nexec "$@"\n')
   script = '\n'.join(dry('slurm.py', '--nodes', '2', '--gpus-per-node', '4',
                          '--python', str(stub_python), '--env', 'MY_VAR=x y',
                          '--', *PASS)) + '\n'
@@ -399,13 +411,9 @@ def test_slurm_script_runs_with_stub_srun(tmp_path, stub_python):
 
 
 def test_slurm_writes_the_script_and_calls_sbatch(tmp_path):
-  bin_dir = tmp_path / 'bin'
-  bin_dir.mkdir()
   calls = tmp_path / 'sbatch_calls'
-  sbatch = bin_dir / 'sbatch'
-  sbatch.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n'
-                    'echo "Submitted batch job 42"\n')
-  sbatch.chmod(0o755)
+  bin_dir = stub_bin(tmp_path, 'sbatch', f'#!/bin/sh\necho "$@" >> {calls}\n'
+                     'echo "Submitted batch job 42"\n')
   job = tmp_path / 'job.sbatch'
   args = ['--nodes', '2', '--gpus-per-node', '8', '--', *PASS]
   proc = launch('slurm.py', '--script', str(job), *args, env=with_bin(bin_dir))
@@ -560,8 +568,7 @@ def test_tpu_setup_command_and_script(tmp_path):
   subprocess.run(git + ['-C', str(src), 'commit', '-qam', 'v2'], check=True)
   home = tmp_path / 'home'
   (home / '.local' / 'bin').mkdir(parents=True)
-  uv = home / '.local' / 'bin' / 'uv'
-  uv.write_text(f'''#!/bin/sh
+  write_executable(home / '.local' / 'bin' / 'uv', f'''#!/bin/sh
 echo "$@" >> "$HOME/uv_calls"
 if [ "$1" = venv ]; then
   mkdir -p .venv/bin
@@ -569,7 +576,6 @@ if [ "$1" = venv ]; then
   chmod +x .venv/bin/python
 fi
 ''')
-  uv.chmod(0o755)
   (line,) = dry('tpu_pod.py', 'setup', *TPU, '--repo', str(src), '--ref', 'v1')
   env = clean_env(HOME=str(home))
   proc = subprocess.run(['bash', '-c', remote_command(line)], env=env,
@@ -604,15 +610,11 @@ def test_tpu_logs_and_delete_commands():
 
 
 def test_tpu_runs_the_commands(tmp_path):
-  bin_dir = tmp_path / 'bin'
-  bin_dir.mkdir()
   calls = tmp_path / 'gcloud_calls'
-  gcloud = bin_dir / 'gcloud'
-  gcloud.write_text(f'#!{sys.executable}\nimport json, sys\n'
-                    f'open({str(calls)!r}, "a").write(json.dumps(sys.argv[1:]) + "\\n")\n'
-                    'sys.exit(5 if "delete" in sys.argv else 0)\n')
-  gcloud.chmod(0o755)
-  env = with_bin(bin_dir)
+  env = with_bin(stub_bin(
+      tmp_path, 'gcloud', f'#!{sys.executable}\nimport json, sys\n'
+      f'open({str(calls)!r}, "a").write(json.dumps(sys.argv[1:]) + "\\n")\n'
+      'sys.exit(5 if "delete" in sys.argv else 0)\n'))
   (printed,) = dry('tpu_pod.py', 'run', *TPU, '--', *PASS)
   launch('tpu_pod.py', 'run', *TPU, '--', *PASS, env=env)
   (call,) = [json.loads(l) for l in calls.read_text().splitlines()]
