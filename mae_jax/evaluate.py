@@ -49,9 +49,11 @@ def main(argv) -> None:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if not _WORKDIR.value:
     raise app.UsageError('--workdir is required')
+  from mae_jax.config import ConfigError  # pylint: disable=g-import-not-at-top
+  from mae_jax.data.transforms import BadRecordError  # pylint: disable=g-import-not-at-top
   try:
     results = evaluate(_WORKDIR.value, _EVALS.value, _STEP.value)
-  except (FileNotFoundError, ValueError) as e:
+  except (FileNotFoundError, ConfigError, BadRecordError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
   print(json.dumps(results, indent=1))

@@ -133,8 +133,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   mesh = sharding.make_mesh(config.mesh)
   rules = config.sharding.rules
   hw, channels = config_lib.image_size(config), config.model.channels
-  num_examples, _ = data.source_info(config.data, config.data.split,
-                                     image_size=hw, channels=channels)
+  try:  # a missing folder, split or dataset is a config problem
+    num_examples, _ = data.source_info(config.data, config.data.split,
+                                       image_size=hw, channels=channels)
+  except (ValueError, OSError) as e:
+    raise config_lib.ConfigError(str(e)) from None
   total = optim.total_steps(config, num_examples)
   lr = optim.schedule(config, num_examples)
   tx = optim.optimizer(config, lr)

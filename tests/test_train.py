@@ -189,3 +189,14 @@ def test_bad_records_are_named_or_skipped_and_counted(tmp_path):
   c.data.skip_bad_records = True
   train.train(c, str(tmp_path / 'skip'))
   assert _records(tmp_path / 'skip')[-1]['bad_records_skipped'] == 1
+
+
+def test_missing_split_is_a_config_error(tmp_path):
+  from PIL import Image
+  (tmp_path / 'imgs').mkdir()
+  Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / 'imgs' / 'a.png')
+  c = load_config('test')
+  c.data.source, c.data.path, c.data.split = 'folder', str(tmp_path / 'imgs'), 'val'
+  with pytest.raises(config_lib.ConfigError, match="'val'"):
+    train.train(c, str(tmp_path / 'w'))
+  assert not (tmp_path / 'w').exists()

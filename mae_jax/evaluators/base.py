@@ -14,6 +14,7 @@ from typing import Any, Callable
 import jax
 import ml_collections
 
+from mae_jax.config import ConfigError
 from mae_jax.evaluators.features import FeatureExtractor
 
 EVALUATORS: dict[str, type] = {}
@@ -88,7 +89,7 @@ class FeatureEvaluator(Evaluator):
     config.data.split and config.data.eval_split (see FeatureExtractor)."""
     c, cfg = self.ctx.config, self.cfg
     if not c.data.eval_split:
-      raise ValueError(f'evaluator {self.name} needs config.data.eval_split '
+      raise ConfigError(f'evaluator {self.name} needs config.data.eval_split '
                        '(a labelled test split); it is empty')
     train_x, train_y = self.ctx.features(
         params, c.data.split, pool=cfg.pool,
@@ -97,7 +98,7 @@ class FeatureEvaluator(Evaluator):
         params, c.data.eval_split, pool=cfg.pool,
         max_examples=cfg.max_test_examples, tag=tag)
     if train_y.min() < 0 or test_y.min() < 0:
-      raise ValueError(f'evaluator {self.name} needs labels, but '
+      raise ConfigError(f'evaluator {self.name} needs labels, but '
                        f'config.data.source={c.data.source!r} has unlabelled '
                        'examples')
     num_classes = int(max(train_y.max(), test_y.max())) + 1
@@ -107,16 +108,19 @@ class FeatureEvaluator(Evaluator):
 def check_config(config: ml_collections.ConfigDict) -> None:
   for name, cfg in config.evals.items():
     if name not in EVALUATORS:
-      raise ValueError(f'config.evals.{name}: unknown evaluator; allowed '
+      raise ConfigError(f'config.evals.{name}: unknown evaluator; allowed '
                        f'{sorted(EVALUATORS)}')
     if cfg.every_steps < 0:
-      raise ValueError(f'config.evals.{name}.every_steps={cfg.every_steps}: '
+      raise ConfigError(f'config.evals.{name}.every_steps={cfg.every_steps}: '
                        'must be >= 0 (0 = only at the end)')
+    if cfg.get('pool') == 'cls' and not config.model.cls_token:
+      raise ConfigError(f"config.evals.{name}.pool='cls' needs "
+                        'config.model.cls_token=True; use pool=mean')
     check = getattr(EVALUATORS[name], 'check_config', None)
     if check:
       check(config, cfg)
   if config.eval_batch_size < 1:
-    raise ValueError(f'config.eval_batch_size={config.eval_batch_size}: '
+    raise ConfigError(f'config.eval_batch_size={config.eval_batch_size}: '
                      'must be >= 1')
 
 
@@ -128,6 +132,6 @@ def build(ctx: EvalContext, names: list[str] | None = None) -> list[Evaluator]:
       out.append(EVALUATORS[name](ctx, cfg))
   unknown = set(names or ()) - set(EVALUATORS)
   if unknown:
-    raise ValueError(f'unknown evaluators {sorted(unknown)}; allowed '
+    raise ConfigError(f'unknown evaluators {sorted(unknown)}; allowed '
                      f'{sorted(EVALUATORS)}')
   return out
