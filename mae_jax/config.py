@@ -154,17 +154,20 @@ def input_shape(c) -> tuple[int, ...]:
 
 
 def validate(c: ml_collections.ConfigDict, num_devices: int | None = None,
-             process_count: int = 1) -> None:
-  """Raises ConfigError naming the key and what is allowed. Cheap: no jax work."""
+             process_count: int = 1, check_files: bool = True) -> None:
+  """Raises ConfigError naming the key and what is allowed. Cheap: no jax work.
+
+  check_files=False does not look for the data on disk (planning elsewhere).
+  """
   try:
-    _validate(c, num_devices, process_count)
+    _validate(c, num_devices, process_count, check_files)
   except ConfigError:
     raise
   except ValueError as e:
     raise ConfigError(str(e)) from None
 
 
-def _validate(c, num_devices, process_count) -> None:
+def _validate(c, num_devices, process_count, check_files) -> None:
   # Imported here: the model modules import this one's neighbours.
   from mae_jax.data import sources  # pylint: disable=g-import-not-at-top
   from mae_jax.models import mae, tokenizers, vit  # pylint: disable=g-import-not-at-top
@@ -202,7 +205,7 @@ def _validate(c, num_devices, process_count) -> None:
           'at least one must stay visible')
   targets.get(c.target)
 
-  sources.check_config(c.data)
+  sources.check_config(c.data, check_files)
 
   if c.batch_size < 1:
     _fail('batch_size', c.batch_size, 'must be >= 1')

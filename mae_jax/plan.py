@@ -8,7 +8,7 @@
 
 Nothing is allocated: the train state, the batch and the PRNG key are abstract
 (ShapeDtypeStructs with their shardings), and the real train step
-(step.make_train_step, jitted by StateSetup.jit_step with the state donated)
+(StateSetup.train_step: step.make_train_step jitted, the state donated)
 is lowered and compiled for the mesh. The numbers come from that executable:
 memory_analysis() is XLA's buffer assignment for ONE device, cost_analysis()
 the FLOPs of the partitioned per-device program.
@@ -20,7 +20,6 @@ TPU slice (e.g. v5p:4x4x4 = 64 chips) through libtpu, without TPUs.
 
 from __future__ import annotations
 
-import copy
 import functools
 import importlib.util
 import json
@@ -140,12 +139,9 @@ def _schedule(config):
 
 
 def check_config(config, num_devices: int) -> None:
-  """config.validate, minus opening or globbing the data source."""
-  checked = copy.deepcopy(config)
-  checked.unlock()
-  checked.data.source = 'synthetic'
+  """config.validate, without looking for the data on disk."""
   try:
-    config_lib.validate(checked, num_devices)
+    config_lib.validate(config, num_devices, check_files=False)
   except config_lib.ConfigError as e:
     if str(e).startswith('config.mesh'):
       raise PlanError(f'{e}: set --mesh (or config.mesh) to use all '
@@ -180,6 +176,31 @@ def _compile(lowered):
           refused)
 
 
+def compiled_memory(compiled) -> dict[str, int]:
+  """One device's memory of a compiled program, from XLA's buffer assignment.
+
+  total = arguments + outputs - aliased + temporaries: a donated argument and
+  the output reusing its buffer are counted in both, and once in aliased.
+  """
+  mem = compiled.memory_analysis()
+  out = dict(arguments=mem.argument_size_in_bytes,
+             outputs=mem.output_size_in_bytes,
+             temporaries=mem.temp_size_in_bytes,
+             aliased=mem.alias_size_in_bytes,
+             generated_code=mem.generated_code_size_in_bytes)
+  out['total'] = (out['arguments'] + out['outputs'] - out['aliased']
+                  + out['temporaries'])
+  return out
+
+
+def compiled_flops(compiled) -> float:
+  """XLA's FLOP count of the partitioned program: ONE device, each while-loop
+  body counted once (see flops.xla_counted_flops)."""
+  cost = compiled.cost_analysis() or {}
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get('flops', 0.0))
+
+
 def plan(config, devices) -> dict[str, Any]:
   """Compiles config's train step for `devices` -> every number as a dict.
 
@@ -196,30 +217,18 @@ def plan(config, devices) -> dict[str, Any]:
   start = time.perf_counter()
   with sharding.rules_context(mesh, rules):
     setup = step_lib.StateSetup(config, tx, mesh)  # ConfigError if under-sharded
-    batch_sh = {'image': sharding.batch_sharding(mesh, rules, 1 + len(shape))}
-    batch = {'image': jax.ShapeDtypeStruct((config.batch_size, *shape),
-                                           jnp.float32,
-                                           sharding=batch_sh['image'])}
+    batch = {'image': jax.ShapeDtypeStruct(
+        (config.batch_size, *shape), jnp.float32,
+        sharding=setup.batch_shardings['image'])}
     key = jax.eval_shape(lambda: jax.random.key(0))
-    step_fn = setup.jit_step(
-        step_lib.make_train_step(setup.graphdef, tx, lr, config.target,
-                                 config.grad_accum_steps), batch_sh)
-    lowered = step_fn.lower(setup.abstract, batch, key)
+    lowered = setup.train_step(lr).lower(setup.abstract, batch, key)
   lowered_at = time.perf_counter()
   compiled, refused = _compile(lowered)
   compiled_at = time.perf_counter()
 
-  mem = compiled.memory_analysis()
-  memory = dict(
-      arguments=mem.argument_size_in_bytes, outputs=mem.output_size_in_bytes,
-      temporaries=mem.temp_size_in_bytes, aliased=mem.alias_size_in_bytes,
-      generated_code=mem.generated_code_size_in_bytes)
-  memory['total'] = (memory['arguments'] + memory['outputs']
-                     - memory['aliased'] + memory['temporaries'])
+  memory = compiled_memory(compiled)
   memory['state_from_shardings'] = _bytes(setup.abstract, per_device=True)
   memory['batch_from_shardings'] = _bytes(batch, per_device=True)
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   analytic = flops.train_flops(config)
   n = len(devices)
   return dict(
@@ -240,7 +249,7 @@ def plan(config, devices) -> dict[str, Any]:
       flops=dict(
           analytic_per_example=analytic, analytic_per_step=analytic['per_step'],
           analytic_per_device=analytic['per_step'] / n,
-          xla_per_device=float(cost.get('flops', 0.0)),
+          xla_per_device=compiled_flops(compiled),
           xla_expected_per_device=flops.xla_counted_flops(config) / n),
       memory=memory, compiler_refused=refused,
       seconds=dict(lower=lowered_at - start, compile=compiled_at - lowered_at))

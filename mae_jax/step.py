@@ -118,6 +118,8 @@ class StateSetup:
     self.abstract = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
         abstract, self.shardings)
+    ndim = 1 + len(config_lib.input_shape(config))
+    self.batch_shardings = {'image': sharding.batch_sharding(mesh, rules, ndim)}
 
   def _init_params(self, key: jax.Array):
     model = mae.build(self.config, nnx.Rngs(params=key))
@@ -134,9 +136,13 @@ class StateSetup:
     """Parameters only (e.g. the random-init baseline of the evaluators)."""
     return jax.jit(self._init_params, out_shardings=self.shardings.params)(key)
 
-  def jit_step(self, train_step: Callable, batch_shardings) -> Callable:
+  def train_step(self, lr: optax.Schedule, *, donate: bool = True
+                 ) -> Callable:
+    """make_train_step jitted with this state's and the batch's shardings;
+    the state is donated (its buffers are reused for the new state)."""
+    fn = make_train_step(self.graphdef, self.tx, lr, self.config.target,
+                         self.config.grad_accum_steps)
     repl = sharding.replicated(self.mesh)
-    return jax.jit(train_step,
-                   in_shardings=(self.shardings, batch_shardings, repl),
+    return jax.jit(fn, in_shardings=(self.shardings, self.batch_shardings, repl),
                    out_shardings=(self.shardings, repl),
-                   donate_argnums=(0,))
+                   donate_argnums=(0,) if donate else ())

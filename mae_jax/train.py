@@ -160,12 +160,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       state = setup.init(init_key)
     else:
       state = ckpt.restore(latest, setup.abstract, host_iter)
-    batch_sh = {'image': sharding.batch_sharding(
-        mesh, rules, 1 + len(config_lib.input_shape(config)))}
-    train_step = setup.jit_step(
-        step_lib.make_train_step(setup.graphdef, tx, lr, config.target,
-                                 config.grad_accum_steps),
-        batch_sh)
+    train_step = setup.train_step(lr)
 
     writer = metrics_lib.MetricWriter(workdir, enabled=is_main,
                                       progress=config.progress,
@@ -181,7 +176,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     if start:
       writer.message(f'resumed from {ckpt.directory} at step {start}')
     try:
-      batches = device_batches(host_iter, batch_sh, prefetch=2)
+      batches = device_batches(host_iter, setup.batch_shardings, prefetch=2)
       return _loop(run, state, batches, start)
     finally:
       run.preemption.restore()

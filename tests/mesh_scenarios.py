@@ -9,7 +9,6 @@ import os
 import sys
 
 import jax
-import numpy as np
 
 import mae_jax
 from mae_jax import config as config_lib

@@ -1,7 +1,6 @@
 """Every config file loads and validates; the ImageNet recipe holds the
 paper's numbers; config-file arguments are checked."""
 
-import pathlib
 
 import pytest
 
@@ -15,9 +14,7 @@ CONFIGS = sorted(p.stem for p in (ROOT / 'configs').glob('*.py'))
 @pytest.mark.parametrize('name', CONFIGS)
 def test_config_validates(name):
   c = load_config(name)
-  if c.data.source == 'tfds':  # needs a prepared dataset; check the rest
-    c.data.source = 'synthetic'
-  config_lib.validate(c, num_devices=1)
+  config_lib.validate(c, num_devices=1)  # (tfds data is only opened by runs)
 
 
 @pytest.mark.parametrize('variant,patch', [('B/16', 16), ('L/16', 16),

@@ -2,7 +2,6 @@
 shrink per device with fsdp x tensor; checkpoints move between meshes."""
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -11,7 +10,6 @@ import jax
 import numpy as np
 import pytest
 
-from mae_jax import config as config_lib
 from mae_jax import sharding, train
 from conftest import ROOT, load_config, subprocess_env
 

@@ -3,7 +3,6 @@ resume, preemption, non-finite losses and refusing incompatible checkpoints."""
 
 import json
 import os
-import pathlib
 import signal
 import subprocess
 import sys

@@ -226,16 +226,21 @@ def write_array_record(path: str, images: np.ndarray, labels=None, *,
 # ------------------------------------------------------------------- checks
 
 
-def check_config(data_cfg) -> None:
-  """Cheap validation of config.data; raises ValueError naming the key."""
+def check_config(data_cfg, check_files: bool = True) -> None:
+  """Cheap validation of config.data; raises ValueError naming the key.
+
+  check_files=False skips looking at the disk (data.path), for tools that plan
+  a run on a machine without the data.
+  """
   d = data_cfg
   if d.source not in SOURCES:
     _fail('source', d.source, f'allowed {sorted(SOURCES)}')
   if d.source in ('folder', 'array_record') and not d.path:
     _fail('path', d.path, f'must be set for source {d.source!r}')
-  if d.source == 'folder' and not os.path.isdir(os.path.expanduser(d.path)):
+  if (check_files and d.source == 'folder'
+      and not os.path.isdir(os.path.expanduser(d.path))):
     _fail('path', d.path, "must be an existing directory for source 'folder'")
-  if d.source == 'array_record' and not glob.glob(
+  if check_files and d.source == 'array_record' and not glob.glob(
       os.path.expanduser(d.path).replace('{split}', d.split)):
     _fail('path', d.path, f'no files match it for config.data.split='
           f"{d.split!r} ('{{split}}' is replaced by the split)")

@@ -37,9 +37,8 @@ class FeatureExtractor:
   def __init__(self, config: ml_collections.ConfigDict, graphdef,
                mesh: jax.sharding.Mesh):
     self.config, self.mesh = config, mesh
-    rules = config.sharding.rules
-    hw = config_lib.image_size(config)
-    self._image_sharding = sharding.batch_sharding(mesh, rules, 2 + len(hw))
+    self._image_sharding = sharding.batch_sharding(
+        mesh, config.sharding.rules, 1 + len(config_lib.input_shape(config)))
     self._encode = jax.jit(functools.partial(pooled_features, graphdef),
                            static_argnames='pool')
     self._cache: dict = {}
