@@ -5,10 +5,14 @@
   feats = mae.encode(images)                    # [N, D]
   recon, mask = mae.reconstruct(images, rng=0)  # like images; mask [N, H, W]
 
-Images are [N, H, W, C] (or [N, H, W] when C = 1) at the model's size:
-uint8 pixels are normalized with the training config's mean/std and
-reconstructions come back as uint8; float inputs are taken as already
-normalized and reconstructions come back normalized.
+Images are [N, H, W, C] at the model's size, or one image [H, W, C] (then
+the outputs have no batch axis either); with C = 1 the channel axis may be
+left out ([N, H, W] or [H, W]). uint8 pixels are normalized with the training
+config's mean/std and reconstructions come back as uint8; float inputs are
+taken as already normalized and reconstructions come back normalized. Bad
+arguments raise ValueError / TypeError naming the argument and what is
+allowed; a missing or damaged checkpoint raises FileNotFoundError /
+mae_jax.errors.CheckpointError naming the step and item.
 """
 
 from __future__ import annotations
@@ -57,8 +61,10 @@ def restore(path: str, step: int | None = None,
   local devices (data-parallel unless mesh_config says otherwise)."""
   root, step = resolve(path, step)
   ckpt = checkpoint.Checkpointer(root, async_save=False, read_only=True)
+  hint = lambda k: (f'load an earlier one with step={k} (mae_jax.load(path, '
+                    f'step={k}); mae_jax.evaluate --step={k})')
   try:
-    config = ml_collections.ConfigDict(ckpt.meta(step)['config'])
+    config = ml_collections.ConfigDict(ckpt.verify(step, hint)['config'])
     config.mesh = ml_collections.ConfigDict(
         mesh_config or dict(dcn=1, data=-1, fsdp=1, tensor=1))
     mesh = sharding.make_mesh(config.mesh)
@@ -66,7 +72,7 @@ def restore(path: str, step: int | None = None,
     tx = optim.optimizer(config, lambda count: 0.0)
     with sharding.rules_context(mesh, config.sharding.rules):
       setup = step_lib.StateSetup(config, tx, mesh)
-      state = ckpt.restore(step, setup.abstract)
+      state = ckpt.restore(step, setup.abstract, hint=hint)
   finally:
     ckpt.close()
   return config, setup, state.params, step
@@ -89,29 +95,37 @@ class Pretrained:
   def model(self) -> mae_lib.MAE:
     return nnx.merge(self.graphdef, self.params)
 
-  def _prepare(self, images) -> tuple[np.ndarray, bool]:
+  def _prepare(self, images) -> tuple[np.ndarray, bool, bool]:
+    """-> (float32 [N, H, W, C] normalized, was uint8, was one image)."""
     x = np.asarray(images)
     c = self.config
-    if x.ndim == 3 and c.model.channels == 1:
-      x = x[..., None]
     want = (*config_lib.image_size(c), c.model.channels)
-    if x.ndim != 4 or tuple(x.shape[1:]) != want:
-      raise ValueError(f'images have shape {x.shape}; this model takes '
-                       f'[N, {", ".join(map(str, want))}] (uint8 pixels or '
-                       'normalized floats)')
+    gray = c.model.channels == 1
+    single = x.shape == want or (gray and x.shape == want[:2])
+    if single:
+      x = x[None]
+    if gray and x.ndim == 3:
+      x = x[..., None]
+    if x.ndim != 4 or tuple(x.shape[1:]) != want or not len(x):
+      dims = ', '.join(map(str, want))
+      also = ', or either without the channel axis' if gray else ''
+      raise ValueError(f'images: shape {np.shape(images)}; this model takes a '
+                       f'batch [N, {dims}] (N >= 1) or one image [{dims}]'
+                       f'{also}')
     if x.dtype == np.uint8:
-      return transforms.normalize(x, c.data.mean, c.data.std), True
+      return transforms.normalize(x, c.data.mean, c.data.std), True, single
     if not np.issubdtype(x.dtype, np.floating):
-      raise ValueError(f'images have dtype {x.dtype}; use uint8 pixels or '
+      raise ValueError(f'images: dtype {x.dtype}; use uint8 pixels or '
                        'normalized floats')
-    return x.astype(np.float32), False
+    return x.astype(np.float32), False, single
 
   def encode(self, images, pool: str = 'mean') -> np.ndarray:
     """[N, H, W, C] -> pooled encoder features [N, D] (all patches visible)."""
     if pool not in POOLS:
       raise ValueError(f'pool={pool!r}: allowed {POOLS}')
-    x, _ = self._prepare(images)
-    return np.asarray(self._encode(self.params, x, pool=pool))
+    x, _, single = self._prepare(images)
+    feats = np.asarray(self._encode(self.params, x, pool=pool))
+    return feats[0] if single else feats
 
   def _reconstruct_fn(self, params, x, rng):
     model = nnx.merge(self.graphdef, params)
@@ -119,20 +133,32 @@ class Pretrained:
 
   def reconstruct(self, images, rng: int | jax.Array = 0
                   ) -> tuple[np.ndarray, np.ndarray]:
-    """-> (reconstruction like `images`, mask [N, H, W] with 1 = masked).
+    """-> (reconstruction like `images`, mask [N, H, W] with 1 = masked;
+    [H, W] for one image).
 
-    rng: a jax PRNG key or an int seed; it picks the random mask.
+    rng: an int seed or a jax PRNG key (jax.random.key); it picks the mask.
     """
-    x, was_uint8 = self._prepare(images)
-    key = jax.random.key(rng) if isinstance(rng, int) else rng
-    recon, mask = self._reconstruct(self.params, x, key)
+    x, was_uint8, single = self._prepare(images)
+    recon, mask = self._reconstruct(self.params, x, _as_key(rng))
     recon, mask = np.asarray(recon), np.asarray(mask)[..., 0]
     if was_uint8:
       recon = transforms.denormalize(recon, self.config.data.mean,
                                      self.config.data.std)
-    if np.ndim(images) == 3:
-      recon = recon[..., 0]
-    return recon, mask
+    # Back to the input's layout: with or without batch and channel axes.
+    return recon.reshape(np.shape(images)), (mask[0] if single else mask)
+
+
+def _as_key(rng) -> jax.Array:
+  if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool):
+    return jax.random.key(int(rng))
+  if isinstance(rng, jax.Array) and jax.dtypes.issubdtype(
+      rng.dtype, jax.dtypes.prng_key) and rng.shape == ():
+    return rng
+  if isinstance(rng, (jax.Array, np.ndarray)) and rng.dtype == np.uint32 \
+      and rng.shape == (2,):  # a raw key from jax.random.PRNGKey
+    return jax.random.wrap_key_data(rng)
+  raise TypeError(f'rng={rng!r}: expected an int seed or one jax PRNG key '
+                  '(jax.random.key(0))')
 
 
 def load(path: str, step: int | None = None) -> Pretrained:

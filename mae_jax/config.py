@@ -10,8 +10,10 @@ from __future__ import annotations
 import math
 
 import ml_collections
+from ml_collections import config_dict
 
 from mae_jax import masking, sharding, targets
+from mae_jax.errors import ConfigError  # pylint: disable=unused-import (re-exported)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -21,7 +23,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dict(
       variant='mu/4',       # "<size>/<patch>", sizes mu Ti S M B L H g G e
       decoder='64d1b',      # "<width>d<blocks>b[<heads>h]"; MAE default 512d8b
-      image_size=32,        # int (square) or (H, W)
+      # int (square) or (H, W); any type on the command line:
+      # --config.model.image_size=224 or --config.model.image_size='(224,160)'
+      image_size=config_dict.FieldReference(32, field_type=object),
       channels=3,
       cls_token=True,
       dtype='float32',      # compute dtype: float32 or bfloat16 (params stay fp32)
@@ -85,6 +89,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every = 50
   c.checkpoint_every = 1000
   c.keep_checkpoints = 3
+  c.resume_step = 0       # 0: resume from the latest checkpoint; K: from step K
+                          # (the later ones move to <workdir>/history/)
+  c.checkpoint_timeout_s = 3600.0  # a save still unfinished after this stops
+                                   # the run with an error (0 = wait forever)
   c.progress = True       # console progress line
   # Evaluators (mae_jax/evaluators): each runs at the end of training and every
   # `every_steps` steps if > 0; `python -m mae_jax.evaluate` runs them on a
@@ -106,10 +114,6 @@ def finalize(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.lock()
   return c
 
-
-class ConfigError(ValueError):
-  """A config (or a workdir/checkpoint) the run cannot use; the message names
-  the key and what is allowed. The CLI prints it without a traceback."""
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -148,6 +152,16 @@ def image_size(c) -> tuple[int, int]:
   return (s, s) if isinstance(s, int) else tuple(s)
 
 
+def _check_image_size(value) -> None:
+  ok = (isinstance(value, int) and not isinstance(value, bool) and value > 0
+        ) or (isinstance(value, (tuple, list)) and len(value) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0
+            for v in value))
+  if not ok:
+    _fail('model.image_size', value, 'must be a positive int (square) or an '
+          "(H, W) pair, e.g. --config.model.image_size='(224,160)'")
+
+
 def input_shape(c) -> tuple[int, ...]:
   """One example as the model sees it, e.g. (H, W, C); a batch is (B, *this)."""
   return (*image_size(c), c.model.channels)
@@ -174,6 +188,7 @@ def _validate(c, num_devices, process_count, check_files) -> None:
 
   size = vit.decode_variant(c.model.variant)
   dec = mae.decode_decoder(c.model.decoder)
+  _check_image_size(c.model.image_size)
   hw = image_size(c)
   if len(hw) != len(size.patch) or any(s % p for s, p in zip(hw, size.patch)):
     _fail('model.image_size', c.model.image_size,
@@ -206,6 +221,10 @@ def _validate(c, num_devices, process_count, check_files) -> None:
   targets.get(c.target)
 
   sources.check_config(c.data, check_files)
+  if len(c.data.mean) not in (1, c.model.channels):
+    _fail('data.mean', tuple(c.data.mean),
+          f'needs 1 or {c.model.channels} entries for model.channels='
+          f'{c.model.channels} (and as many in data.std)')
 
   if c.batch_size < 1:
     _fail('batch_size', c.batch_size, 'must be >= 1')
@@ -247,5 +266,27 @@ def _validate(c, num_devices, process_count, check_files) -> None:
   for key in ('log_every', 'checkpoint_every', 'keep_checkpoints'):
     if c[key] < 1:
       _fail(key, c[key], 'must be >= 1')
+  if c.resume_step < 0:
+    _fail('resume_step', c.resume_step,
+          'must be >= 0 (0 = the latest checkpoint)')
+  if c.checkpoint_timeout_s < 0:
+    _fail('checkpoint_timeout_s', c.checkpoint_timeout_s,
+          'must be >= 0 (0 = no limit)')
   from mae_jax import evaluators  # pylint: disable=g-import-not-at-top
   evaluators.check_config(c)
+
+
+def open_split(c: ml_collections.ConfigDict, split: str, who: str):
+  """The data source of `split`, or ConfigError saying that `who` reads it
+  and why it cannot be opened (a missing folder, split or dataset, none of
+  its files, or no examples)."""
+  from mae_jax import data  # pylint: disable=g-import-not-at-top
+  try:
+    source = data.open_source(c.data, split, image_size=image_size(c),
+                              channels=c.model.channels)
+  except (ValueError, OSError) as e:
+    raise ConfigError(f'{who} reads split {split!r}: {e}') from None
+  if not len(source):
+    raise ConfigError(f'{who} reads split {split!r} of config.data.source='
+                      f'{c.data.source!r}, which is empty')
+  return source

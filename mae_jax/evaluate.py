@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 from absl import app, flags
+
+from mae_jax import cli
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir (or checkpoint dir).')
 _EVALS = flags.DEFINE_list('evals', None, 'Evaluators to run (default: those '
@@ -28,6 +29,7 @@ def evaluate(path: str, names: list[str] | None = None,
 
   config, setup, params, step = api.restore(path, step)
   workdir = os.path.dirname(api.resolve(path, step)[0])
+  evaluators.check_data(config, names)  # before anything is written
   writer = metrics.MetricWriter(workdir, enabled=jax.process_index() == 0,
                                 progress=False)
   init_key, _ = jax.random.split(jax.random.key(config.seed))
@@ -49,15 +51,9 @@ def main(argv) -> None:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if not _WORKDIR.value:
     raise app.UsageError('--workdir is required')
-  from mae_jax.config import ConfigError  # pylint: disable=g-import-not-at-top
-  from mae_jax.data.transforms import BadRecordError  # pylint: disable=g-import-not-at-top
-  try:
-    results = evaluate(_WORKDIR.value, _EVALS.value, _STEP.value)
-  except (FileNotFoundError, ConfigError, BadRecordError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
-  print(json.dumps(results, indent=1))
+  print(json.dumps(evaluate(_WORKDIR.value, _EVALS.value, _STEP.value),
+                   indent=1))
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)  # failures are one line, as in training (cli.py)

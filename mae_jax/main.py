@@ -1,6 +1,7 @@
 """Command line: pretrain an MAE.
 
   python -m mae_jax.main --config=configs/demo.py --workdir=workdirs/demo
+  mae-jax --config=demo --workdir=workdirs/demo      # the installed script
   python -m mae_jax.main --config=configs/mae_imagenet.py:variant=B/16 \
       --workdir=gs://bucket/mae_b16 --config.data.tfds_data_dir=/data/tfds
 
@@ -15,16 +16,16 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-_DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), os.pardir, 'configs',
-                               'demo.py')
+from mae_jax import cli
+
 _CONFIG = config_flags.DEFINE_config_file(
-    'config', os.path.normpath(_DEFAULT_CONFIG),
-    'Config file, optionally with an argument: configs/NAME.py[:ARG].',
+    'config', cli.resolve_config('demo'),
+    'Config file, optionally with an argument: configs/NAME.py[:ARG], or the '
+    'name of a config shipped with mae_jax (demo, mae_imagenet, test).',
     lock_config=True)
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Run directory: config.json, metrics.jsonl, checkpoints/, '
@@ -72,26 +73,18 @@ def main(argv) -> None:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if not _WORKDIR.value:
     raise app.UsageError('--workdir is required')
-  if not flags.FLAGS['verbosity'].present:
-    # orbax and grain log every save at INFO; keep the console readable.
-    logging.set_verbosity(logging.WARNING)
   initialize_distributed()
   # Imported after flag parsing: jax reads XLA flags and devices on import.
-  from mae_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   from mae_jax import train  # pylint: disable=g-import-not-at-top
-  from mae_jax.data.transforms import BadRecordError  # pylint: disable=g-import-not-at-top
-  try:
-    result = train.train(_CONFIG.value, _WORKDIR.value)
-  except (config_lib.ConfigError, BadRecordError, train.NonFiniteLossError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
+  result = train.train(_CONFIG.value, _WORKDIR.value)
   import jax  # pylint: disable=g-import-not-at-top
   if jax.process_index() == 0:
     print(json.dumps(result, indent=1))
 
 
 def run() -> None:
-  app.run(main)
+  """The `mae-jax` console script; failures are one line (see cli.py)."""
+  cli.run(main)
 
 
 if __name__ == '__main__':

@@ -23,12 +23,27 @@ def _format_duration(seconds: float) -> str:
   return f'{h}h{m:02d}m' if h else f'{m}m{s:02d}s'
 
 
+def _json_value(v):
+  """Strict JSON: NaN and infinities become null (json.dumps would write the
+  bare tokens NaN / Infinity, which most JSON readers reject)."""
+  if isinstance(v, np.generic):
+    v = v.item()
+  if isinstance(v, float) and not math.isfinite(v):
+    return None
+  return v
+
+
 class MetricWriter:
   """metrics.jsonl (one JSON object per logged step), TensorBoard event files
-  in the workdir, and a progress line on stdout."""
+  in the workdir, and a progress line on stdout.
+
+  resume_step: the step a resumed run starts from; TensorBoard drops what an
+  earlier attempt logged after it, as metrics.jsonl does (workdir.History).
+  """
 
   def __init__(self, workdir: str, *, enabled: bool = True,
-               progress: bool = True, total_steps: int = 0):
+               progress: bool = True, total_steps: int = 0,
+               resume_step: int | None = None):
     self.enabled = enabled
     self.progress = progress and enabled
     self.total_steps = total_steps
@@ -39,20 +54,20 @@ class MetricWriter:
       self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a',
                          encoding='utf-8')
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tb = SummaryWriter(logdir=workdir, flush_secs=30)
+      self._tb = SummaryWriter(
+          logdir=workdir, flush_secs=30,
+          purge_step=None if resume_step is None else resume_step + 1)
 
   def write(self, step: int, metrics: Mapping[str, float]) -> None:
     """Appends one record; values must be Python/NumPy scalars."""
     if not self.enabled:
       return
     record = {'step': int(step)}
-    for k, v in metrics.items():
-      v = float(v) if isinstance(v, (float, np.floating)) else v
-      record[k] = v.item() if isinstance(v, np.generic) else v
-    self._jsonl.write(json.dumps(record, allow_nan=True) + '\n')
+    record.update((k, _json_value(v)) for k, v in metrics.items())
+    self._jsonl.write(json.dumps(record, allow_nan=False) + '\n')
     self._jsonl.flush()
     for k, v in record.items():
-      if k != 'step' and isinstance(v, (int, float)) and math.isfinite(v):
+      if k != 'step' and isinstance(v, (int, float)):
         self._tb.add_scalar(k, v, step)
 
   def image(self, step: int, tag: str, image: np.ndarray) -> None:

@@ -13,6 +13,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from mae_jax.errors import ConfigError
+
 
 def steps_per_epoch(config: ml_collections.ConfigDict, num_examples: int) -> int:
   """Full batches per pass over the training split (the last partial is dropped)."""
@@ -41,7 +43,7 @@ def schedule(config: ml_collections.ConfigDict, num_examples: int) -> optax.Sche
   total = total_steps(config, num_examples)
   warmup = warmup_steps(config, num_examples)
   if warmup >= total:
-    raise ValueError(f'config.optim.warmup: {warmup} warmup steps must be fewer '
+    raise ConfigError(f'config.optim.warmup: {warmup} warmup steps must be fewer '
                      f'than the {total} training steps')
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=peak_lr(config), warmup_steps=warmup,
@@ -61,6 +63,9 @@ def optimizer(config: ml_collections.ConfigDict, lr: optax.Schedule
   adamw = optax.adamw(lr, b1=o.b1, b2=o.b2, eps=1e-8,
                       mu_dtype=jnp.dtype(o.mu_dtype) if o.mu_dtype else None,
                       weight_decay=o.weight_decay, mask=decay_mask)
-  if o.clip_norm > 0:
-    return optax.chain(optax.clip_by_global_norm(o.clip_norm), adamw)
-  return adamw
+  # The clipping stage is always in the chain (the identity when off): both
+  # keep no state, so the optimizer state has one structure for every
+  # clip_norm and a diverged run can resume with clipping turned on.
+  clip = (optax.clip_by_global_norm(o.clip_norm) if o.clip_norm > 0
+          else optax.identity())
+  return optax.chain(clip, adamw)

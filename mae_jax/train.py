@@ -1,5 +1,17 @@
-"""The training loop: mesh -> data -> sharded init or resume -> steps ->
+"""The training loop: checks -> restore or init -> workdir -> steps ->
 checkpoints, logs and evaluators.
+
+Start-up order, so that a refused run changes nothing in its workdir:
+  1. check everything that can be checked: config values, the workdir (a
+     writable directory that no live run holds), the data of training and of
+     every enabled evaluator, the checkpoint to resume from (its items, its
+     model, total_steps), the free space for a checkpoint;
+  2. restore the state and the data iterator (or initialize them);
+  3. only then write: take the lock, set aside what lies beyond the resume
+     step into history/ (workdir.py), write config.json;
+  4. train.
+With several processes a refusal on any of them stops all of them at once
+(_agreed) instead of leaving the others waiting in a collective.
 
 Host-side only: the math lives in step.py. The loop never waits on the device
 between log/checkpoint points; per-step metrics stay on device until then.
@@ -8,54 +20,43 @@ between log/checkpoint points; per-step metrics stay on device until then.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import json
 import os
-import signal
-import threading
 from typing import Any, Callable, Iterator, TextIO
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from mae_jax import checkpoint, config as config_lib, data, evaluators
+from mae_jax import checkpoint, config as config_lib, data, errors, evaluators
 from mae_jax import metrics as metrics_lib, optim, sharding, step as step_lib
+from mae_jax import workdir as workdir_lib
+from mae_jax.preemption import Preemption
+
+NonFiniteLossError = errors.NonFiniteLossError
 
 
-class NonFiniteLossError(FloatingPointError):
-  pass
-
-
-class Preemption:
-  """SIGTERM -> save at the current step and stop cleanly.
-
-  With several processes, they agree (an all-reduce of the flag) at sync
-  points, so all of them save the same step.
-  """
-
-  def __init__(self):
-    self.requested = False
-    self._previous = None
-    if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    self.requested = True
-
-  def should_stop(self, at_sync_point: bool) -> bool:
-    if jax.process_count() == 1:
-      return self.requested
-    if not at_sync_point:
-      return False
-    flags = multihost_utils.process_allgather(np.int32(self.requested))
-    return bool(np.max(flags))
-
-  def restore(self) -> None:
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+@contextlib.contextmanager
+def _agreed():
+  """Runs a block on every process; if it raised on any, it raises on all
+  (the others name the process that refused)."""
+  failure = None
+  try:
+    yield
+  except Exception as e:  # pylint: disable=broad-except
+    failure = e
+  if jax.process_count() > 1:
+    failed = multihost_utils.process_allgather(np.int32(failure is not None))
+    if failure is None and np.any(failed):
+      raise errors.ConfigError(
+          f'process {int(np.argmax(failed))} refused to start (its log says '
+          'why); stopping every process')
+  if failure is not None:
+    raise failure
 
 
 def device_batches(host_iter, batch_shardings: dict, prefetch: int
@@ -84,19 +85,32 @@ def device_batches(host_iter, batch_shardings: dict, prefetch: int
     enqueue()
 
 
-def _check_finite(history: list[dict], first_step: int) -> None:
+def _recovery_advice(ckpt: checkpoint.Checkpointer) -> str:
+  saved = ckpt.steps()
+  if not saved:
+    return ('No checkpoint was saved yet: rerun with a lower '
+            '--config.optim.base_lr, --config.optim.clip_norm=1.0 or a longer '
+            'warmup (--config.optim.warmup_steps).')
+  return (f'The checkpoints already saved are intact (steps {saved}). To go '
+          'on in this workdir from before the divergence, rerun with '
+          f'--config.resume_step={saved[-1]} (or an earlier one) and a lower '
+          '--config.optim.base_lr, --config.optim.clip_norm=1.0 or a longer '
+          '--config.optim.warmup_steps; the records after that step move to '
+          'history/.')
+
+
+def _check_finite(history: list[dict], first_step: int, ckpt) -> None:
   for i, m in enumerate(history):
     if not (np.isfinite(m['loss']) and np.isfinite(m['grad_norm'])):
       raise NonFiniteLossError(
           f'non-finite loss at step {first_step + i} (loss={m["loss"]}, '
-          f'grad_norm={m["grad_norm"]}); stopping. The checkpoints already '
-          'saved are intact. Try a lower optim.base_lr, optim.clip_norm > 0 '
-          'or model.dtype=float32.')
+          f'grad_norm={m["grad_norm"]}); stopping. ' + _recovery_advice(ckpt))
 
 
-def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  with open(os.path.join(workdir, 'config.json'), 'w', encoding='utf-8') as f:
-    json.dump(config.to_dict(), f, indent=2, sort_keys=True)
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x))
+                            for x in jax.tree.leaves(tree)]))
 
 
 @dataclasses.dataclass
@@ -122,68 +136,167 @@ def _open_trace(config, workdir: str) -> TextIO | None:
   return open(os.path.join(folder, name), 'a', encoding='utf-8')
 
 
+def _resume_hint(k: int) -> str:
+  return (f'resume from one with --config.resume_step={k} (the later '
+          'checkpoints then move to <workdir>/history/, nothing is deleted)')
+
+
+def _resume_point(config, reader: checkpoint.Checkpointer | None,
+                  total: int) -> int | None:
+  """The step to resume from (None: start fresh), checked for damage."""
+  steps = reader.steps() if reader else []
+  if config.resume_step:
+    if config.resume_step not in steps:
+      raise errors.CheckpointError(
+          f'config.resume_step={config.resume_step}: no checkpoint of that '
+          f'step in the workdir; available: {steps or "none"}')
+    step = config.resume_step
+  elif steps:
+    step = steps[-1]
+  else:
+    return None
+  if step > total:
+    raise errors.ConfigError(
+        f'the checkpoint to resume from is at step {step}, past the end of '
+        f'this run ({total} steps from config.total_steps / total_epochs): '
+        'raise them to train further, pick an earlier '
+        '--config.resume_step, or use a new --workdir')
+  return step
+
+
+def _summary(config, mesh, source, total: int, params: int, start: int,
+             workdir: str) -> str:
+  spe = optim.steps_per_epoch(config, len(source))
+  mesh_text = ' x '.join(f'{k}={v}' for k, v in mesh.shape.items())
+  m = config.model
+  return '\n'.join((
+      f'devices   {jax.device_count()} x {jax.devices()[0].device_kind} in '
+      f'{jax.process_count()} process(es); mesh {mesh_text}',
+      f'model     ViT-{m.variant} encoder + {m.decoder} decoder, input '
+      f'{config_lib.input_shape(config)}, masking {config.masking.name} '
+      f'{config.masking.ratio}: {params:,} parameters',
+      f'data      {source.name}: {len(source):,} examples; batch '
+      f'{config.batch_size} ({config.batch_size // jax.process_count()} per '
+      f'process), {spe:,} steps per epoch',
+      f'schedule  {total:,} steps ({total / spe:.2f} epochs)',
+      f'workdir   {workdir}: ' + (f'resuming at step {start}' if start
+                                  else 'starting at step 0')))
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Pretrains per `config` in `workdir`, resuming from its latest checkpoint.
+  """Pretrains per `config` in `workdir`, resuming from its latest checkpoint
+  (or config.resume_step).
 
   Returns the last logged metrics plus the evaluators' results, and
-  'preempted': True when SIGTERM stopped the run early.
+  'preempted': True when SIGTERM / SIGINT stopped the run early.
   """
-  config_lib.validate(config, jax.device_count(), jax.process_count())
+  lock = workdir_lib.Lock(os.path.abspath(workdir))
+  try:
+    return _train(config, os.path.abspath(workdir), lock)
+  finally:
+    lock.release()
+
+
+def _train(config, workdir: str, lock: workdir_lib.Lock) -> dict[str, Any]:
   is_main = jax.process_index() == 0
-  mesh = sharding.make_mesh(config.mesh)
-  rules = config.sharding.rules
-  hw, channels = config_lib.image_size(config), config.model.channels
-  try:  # a missing folder, split or dataset is a config problem
-    num_examples, _ = data.source_info(config.data, config.data.split,
-                                       image_size=hw, channels=channels)
-  except (ValueError, OSError) as e:
-    raise config_lib.ConfigError(str(e)) from None
-  total = optim.total_steps(config, num_examples)
-  lr = optim.schedule(config, num_examples)
+  ckpt_dir = checkpoint.checkpoint_dir(workdir)
+  with _agreed():  # 1. checks: nothing is written
+    config_lib.validate(config, jax.device_count(), jax.process_count())
+    workdir_lib.check_usable(workdir)
+    if is_main and os.path.isdir(workdir):
+      lock.acquire()  # before reading checkpoints a live run may be writing
+    source = config_lib.open_split(config, config.data.split, 'training')
+    evaluators.check_data(config)
+    total = optim.total_steps(config, len(source))
+    lr = optim.schedule(config, len(source))
   tx = optim.optimizer(config, lr)
   init_key, step_key = jax.random.split(jax.random.key(config.seed))
+  mesh = sharding.make_mesh(config.mesh)
 
-  with sharding.rules_context(mesh, rules):
-    setup = step_lib.StateSetup(config, tx, mesh)
-    ckpt = checkpoint.Checkpointer(checkpoint.checkpoint_dir(workdir),
-                                   keep=config.keep_checkpoints)
-    latest = ckpt.latest_step()
-    if latest is not None:  # before anything in the workdir is touched
-      ckpt.check_compatible(latest, config, setup.abstract)
-    if is_main:
-      write_config(config, workdir)
+  with contextlib.ExitStack() as cleanup, sharding.rules_context(
+      mesh, config.sharding.rules):
+    with _agreed():
+      setup = step_lib.StateSetup(config, tx, mesh)
+      workdir_lib.check_space(workdir, sum(
+          x.size * x.dtype.itemsize for x in jax.tree.leaves(setup.abstract)),
+                              'one checkpoint')
+      reader = (checkpoint.Checkpointer(ckpt_dir, read_only=True)
+                if os.path.isdir(ckpt_dir) else None)
+      start = _resume_point(config, reader, total)
+      if start is not None:
+        meta = reader.verify(start, _resume_hint)
+        reader.check_compatible(start, config, setup.abstract, meta['config'])
+
+    # 2. restore or initialize
     host_iter = data.build_train_iterator(
-        config.data, image_size=hw, channels=channels,
-        global_batch=config.batch_size, seed=config.seed,
-        process_index=jax.process_index(), process_count=jax.process_count())
-    if latest is None:
-      state = setup.init(init_key)
-    else:
-      state = ckpt.restore(latest, setup.abstract, host_iter)
-    train_step = setup.train_step(lr)
+        config.data, image_size=config_lib.image_size(config),
+        channels=config.model.channels, global_batch=config.batch_size,
+        seed=config.seed, process_index=jax.process_index(),
+        process_count=jax.process_count())
+    cleanup.callback(getattr(host_iter, 'close', lambda: None))
+    with _agreed():
+      if start is None:
+        state = setup.init(init_key)
+      else:
+        state = reader.restore(start, setup.abstract, host_iter, _resume_hint)
+    start = start or 0
+    if reader:
+      later = [s for s in reader.steps() if s > start]
+      reader.close()
 
-    writer = metrics_lib.MetricWriter(workdir, enabled=is_main,
-                                      progress=config.progress,
-                                      total_steps=total)
+    # 3. write: the workdir now belongs to this run
+    history = workdir_lib.History(workdir, start)
+    removed = []
+    if is_main:
+      lock.acquire()
+      if reader:
+        history.move_checkpoints(ckpt_dir, later)
+        removed = checkpoint.remove_unfinished(ckpt_dir)
+      history.rewind_metrics()
+      history.write_config(config.to_dict())
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices('mae_jax: workdir ready')
+    writer = metrics_lib.MetricWriter(
+        workdir, enabled=is_main, progress=config.progress, total_steps=total,
+        resume_step=start or None)
+    cleanup.callback(writer.close)
+    ckpt = checkpoint.Checkpointer(ckpt_dir, keep=config.keep_checkpoints,
+                                   save_timeout_s=config.checkpoint_timeout_s)
+    cleanup.callback(ckpt.close)  # first: callbacks run last-in, first-out
+    writer.message(_summary(config, mesh, source, total, sum(
+        x.size for x in jax.tree.leaves(setup.abstract.params)), start,
+                            workdir))
+    for note in (history.summary(), removed and (
+        f'removed {len(removed)} unfinished save(s) of an interrupted run: '
+        + ', '.join(map(os.path.basename, removed)))):
+      if note:
+        writer.message(note)
+
+    # 4. train
     ctx = evaluators.EvalContext(config=config, graphdef=setup.graphdef,
                                  mesh=mesh, init_params=setup.init_params,
                                  baseline_key=init_key, writer=writer,
                                  workdir=workdir)
-    run = _Run(config, train_step, step_key, ckpt, writer,
-               evaluators.build(ctx), Preemption(), total,
-               _open_trace(config, workdir))
-    start = int(jax.device_get(state.step))
-    if start:
-      writer.message(f'resumed from {ckpt.directory} at step {start}')
-    try:
+    with Preemption() as preemption:
+      run = _Run(config, setup.train_step(lr), step_key, ckpt, writer,
+                 evaluators.build(ctx), preemption, total,
+                 _open_trace(config, workdir))
+      if run.trace:
+        cleanup.callback(run.trace.close)
       batches = device_batches(host_iter, setup.batch_shardings, prefetch=2)
       return _loop(run, state, batches, start)
-    finally:
-      run.preemption.restore()
-      ckpt.close()
-      writer.close()
-      if run.trace:
-        run.trace.close()
+
+
+def _save(run: _Run, step: int, state, data_state) -> None:
+  """Saves, unless the parameters are no longer finite (a huge update can
+  overflow them while the loss of that step was still finite)."""
+  if not bool(_all_finite(state.params)):
+    run.ckpt.wait()
+    raise NonFiniteLossError(
+        f'the parameters became non-finite at step {step} (the update '
+        'overflowed); stopping without saving them. '
+        + _recovery_advice(run.ckpt))
+  run.ckpt.save(step, state, data_state, run.config)
 
 
 def _loop(run: _Run, state, batches, start: int) -> dict[str, Any]:
@@ -215,7 +328,7 @@ def _loop(run: _Run, state, batches, start: int) -> dict[str, Any]:
       history = jax.device_get(pending)
       pending = []
       try:
-        _check_finite(history, done - len(history) + 1)
+        _check_finite(history, done - len(history) + 1, ckpt)
       except NonFiniteLossError:
         writer.write(done, {k: float(v) for k, v in history[-1].items()})
         ckpt.wait()
@@ -228,10 +341,11 @@ def _loop(run: _Run, state, batches, start: int) -> dict[str, Any]:
         writer.write(done, last)
         writer.show_progress(done, last, throughput.elapsed, start + 1)
     if is_ckpt or stop:
-      ckpt.save(done, state, data_state, c)
+      _save(run, done, state, data_state)
     if stop:
       ckpt.wait()
-      writer.message(f'SIGTERM: saved step {done} to {ckpt.directory}; '
+      why = run.preemption.signal or 'a stop request from another process'
+      writer.message(f'{why}: saved step {done} to {ckpt.directory}; '
                      'rerun the same command to continue.')
       return {**last, 'step': done, 'preempted': True}
     for ev in run.evals:

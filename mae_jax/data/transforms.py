@@ -14,11 +14,13 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from mae_jax.errors import DataError
+
 # PIL modes the decoder converts encoded files to, by channel count.
 _MODES = {1: 'L', 3: 'RGB'}
 
 
-class BadRecordError(ValueError):
+class BadRecordError(DataError):
   """A record that cannot be turned into an image; the message names where."""
 
 

@@ -6,4 +6,4 @@ Importing the modules below registers them.
 from mae_jax.evaluators import knn, linear_probe, reconstruction  # registers
 from mae_jax.evaluators.base import (EVALUATORS, EvalContext, Evaluator,
                                      FeatureEvaluator, build, check_config,
-                                     register)
+                                     check_data, register)

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import jax
 import ml_collections
 
-from mae_jax.config import ConfigError
+from mae_jax.config import ConfigError, open_split
 from mae_jax.evaluators.features import FeatureExtractor
 
 EVALUATORS: dict[str, type] = {}
@@ -64,6 +64,11 @@ class Evaluator:
     self.ctx, self.cfg = ctx, cfg
     self.every_steps = cfg.every_steps
 
+  @classmethod
+  def check_data(cls, config: ml_collections.ConfigDict) -> None:
+    """Opens what run() will read; ConfigError if it cannot. Called before a
+    run writes anything, so a missing split is found before training."""
+
   def run(self, params, step: int) -> dict[str, float]:
     raise NotImplementedError
 
@@ -71,6 +76,20 @@ class Evaluator:
 class FeatureEvaluator(Evaluator):
   """Scores frozen features of the trained encoder and, with the same recipe,
   of the random-init encoder: {name}/accuracy, {name}/random_init_accuracy."""
+
+  @classmethod
+  def check_data(cls, config: ml_collections.ConfigDict) -> None:
+    who = f'evaluator {cls.name}'
+    if not config.data.eval_split:
+      raise ConfigError(f'{who} needs config.data.eval_split (a labelled test '
+                        'split); it is empty')
+    open_split(config, config.data.split, who)
+    test = open_split(config, config.data.eval_split, who)
+    if test.num_classes == 0:
+      raise ConfigError(f'{who} needs labels, but split '
+                        f'{config.data.eval_split!r} of config.data.source='
+                        f'{config.data.source!r} is unlabelled (a folder '
+                        'source takes labels from class subdirectories)')
 
   def score(self, train_x, train_y, test_x, test_y, num_classes: int) -> float:
     raise NotImplementedError
@@ -124,14 +143,25 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                      'must be >= 1')
 
 
+def selected(config: ml_collections.ConfigDict,
+             names: list[str] | None = None) -> list[str]:
+  """The enabled evaluators' names, or exactly `names` (checked)."""
+  unknown = sorted(set(names or ()) - set(EVALUATORS))
+  if unknown:
+    raise ConfigError(f'unknown evaluators {unknown}; allowed '
+                      f'{sorted(EVALUATORS)}')
+  return [name for name, cfg in config.evals.items()
+          if (cfg.enabled if names is None else name in names)]
+
+
+def check_data(config: ml_collections.ConfigDict,
+               names: list[str] | None = None) -> None:
+  """Every selected evaluator's data opens (ConfigError otherwise)."""
+  for name in selected(config, names):
+    EVALUATORS[name].check_data(config)
+
+
 def build(ctx: EvalContext, names: list[str] | None = None) -> list[Evaluator]:
   """The enabled evaluators (or exactly `names`, enabled or not)."""
-  out = []
-  for name, cfg in ctx.config.evals.items():
-    if (names is None and cfg.enabled) or (names is not None and name in names):
-      out.append(EVALUATORS[name](ctx, cfg))
-  unknown = set(names or ()) - set(EVALUATORS)
-  if unknown:
-    raise ConfigError(f'unknown evaluators {sorted(unknown)}; allowed '
-                     f'{sorted(EVALUATORS)}')
-  return out
+  return [EVALUATORS[name](ctx, ctx.config.evals[name])
+          for name in selected(ctx.config, names)]

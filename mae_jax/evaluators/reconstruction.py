@@ -17,6 +17,7 @@ from PIL import Image
 from mae_jax import config as config_lib
 from mae_jax import data, sharding, targets
 from mae_jax.data import transforms
+from mae_jax.config import open_split
 from mae_jax.evaluators.base import Evaluator, register
 from mae_jax.models import mae
 
@@ -67,6 +68,11 @@ class Reconstruction(Evaluator):
     if cfg.num_images < 1:
       raise ValueError(f'config.evals.reconstruction.num_images='
                        f'{cfg.num_images}: must be >= 1')
+
+  @classmethod
+  def check_data(cls, config) -> None:
+    open_split(config, config.data.eval_split or config.data.split,
+               'evaluator reconstruction')
 
   def __init__(self, ctx, cfg):
     super().__init__(ctx, cfg)

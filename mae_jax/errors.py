@@ -1,0 +1,42 @@
+"""Every failure a user can cause or fix, as one exception family.
+
+The command-line tools print an `Error` as one line (`error: <message>`)
+without a traceback and exit with status 1; anything else is a bug and keeps
+its traceback. `MAE_JAX_TRACEBACK=1` shows the full traceback of every error.
+Messages name the key, file, step or argument at fault and what is allowed.
+"""
+
+from __future__ import annotations
+
+
+class Error(Exception):
+  """Base of all user-facing errors."""
+
+
+class ConfigError(Error, ValueError):
+  """A config (or a workdir/checkpoint) the run cannot use."""
+
+
+class WorkdirError(ConfigError):
+  """The workdir cannot be used: a file, read-only, or held by another run."""
+
+
+class CheckpointError(ConfigError):
+  """A checkpoint that is missing, damaged or does not match the config."""
+
+
+class CheckpointSaveError(Error, OSError):
+  """A checkpoint could not be written (disk full, read-only, storage error,
+  or a save that did not finish in time)."""
+
+
+class DataError(Error, ValueError):
+  """Input data that cannot be read (a bad record, file or worker)."""
+
+
+class NonFiniteLossError(Error, FloatingPointError):
+  """Training diverged: a loss or gradient norm that is NaN or infinite."""
+
+
+class Interrupted(Error):
+  """SIGTERM or SIGINT before training started: nothing to save."""

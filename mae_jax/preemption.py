@@ -1,0 +1,94 @@
+"""SIGTERM (preemption) and SIGINT (Ctrl-C): stop cleanly, never lose a step.
+
+Two phases:
+  start-up  (config checks, restore, compile): nothing has been trained yet,
+            so a signal raises errors.Interrupted at once and the run exits
+            with a message; nothing is half-written (the workdir is only
+            written after the checks).
+  training  the signal only sets a flag; the loop saves a checkpoint at the
+            current step and returns. With several processes they agree on
+            the flag at sync points (an all-gather), so all of them save the
+            same step. A second Ctrl-C aborts at once (exit status 130)
+            without saving; the last completed checkpoint stays intact.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+
+import numpy as np
+
+from mae_jax import errors
+
+_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _name(signum: int) -> str:
+  return signal.Signals(signum).name
+
+
+def _raise_interrupted(signum, frame):
+  del frame
+  raise errors.Interrupted(
+      f'{_name(signum)} during start-up: stopped before the first training '
+      'step; no checkpoint was written. Rerun the same command to start.')
+
+
+def install_startup_handlers() -> None:
+  """Start-up phase: a signal raises errors.Interrupted (main thread only)."""
+  if threading.current_thread() is threading.main_thread():
+    for s in _SIGNALS:
+      signal.signal(s, _raise_interrupted)
+
+
+class Preemption:
+  """Training phase: SIGTERM/SIGINT -> save at the current step and stop.
+
+  A context manager: entering switches the handlers to flag mode, leaving
+  puts back the previous ones.
+  """
+
+  def __init__(self):
+    self.signal: str | None = None  # name of the first signal received
+    self._previous = {}
+
+  def __enter__(self) -> 'Preemption':
+    if threading.current_thread() is threading.main_thread():
+      for s in _SIGNALS:
+        self._previous[s] = signal.signal(s, self._handle)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    for s, handler in self._previous.items():
+      signal.signal(s, handler)
+
+  @property
+  def requested(self) -> bool:
+    return self.signal is not None
+
+  def _handle(self, signum, frame):
+    del frame
+    if signum == signal.SIGINT and self.signal == 'SIGINT':
+      # os._exit: not an exception, which could be caught (or wait on a save)
+      # on its way up; the checkpoints already committed are complete.
+      print('\nSecond Ctrl-C: aborting now without saving.', file=sys.stderr,
+            flush=True)
+      os._exit(130)
+    if self.signal is None:
+      self.signal = _name(signum)
+      if signum == signal.SIGINT:
+        print('\nCtrl-C: saving a checkpoint at the current step (press Ctrl-C '
+              'again to abort without saving) ...', file=sys.stderr, flush=True)
+
+  def should_stop(self, at_sync_point: bool) -> bool:
+    import jax  # pylint: disable=g-import-not-at-top
+    if jax.process_count() == 1:
+      return self.requested
+    if not at_sync_point:
+      return False
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    flags = multihost_utils.process_allgather(np.int32(self.requested))
+    return bool(np.max(flags))
