@@ -157,7 +157,9 @@ def _as_key(rng) -> jax.Array:
   if isinstance(rng, (jax.Array, np.ndarray)) and rng.dtype == np.uint32 \
       and rng.shape == (2,):  # a raw key from jax.random.PRNGKey
     return jax.random.wrap_key_data(rng)
-  raise TypeError(f'rng={rng!r}: expected an int seed or one jax PRNG key '
+  got = (f'an array of shape {rng.shape} and dtype {rng.dtype}'
+         if hasattr(rng, 'shape') else repr(rng))
+  raise TypeError(f'rng={got}: expected an int seed or one jax PRNG key '
                   '(jax.random.key(0))')
 
 

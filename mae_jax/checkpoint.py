@@ -301,26 +301,33 @@ class Checkpointer:
     """Starts an async save, after the previous one has finished (or raised
     CheckpointSaveError)."""
     self.wait()
+    args = ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data=grain.checkpoint.CheckpointSave(_SavedIteratorState(data_state)),
+        meta=ocp.args.JsonSave({'step': step, 'config': config.to_dict()}))
+    # Under the timeout too: orbax's save() itself first waits for storage.
     self._pending = step
-    try:
-      self.manager.save(step, force=True, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state),
-          data=grain.checkpoint.CheckpointSave(_SavedIteratorState(data_state)),
-          meta=ocp.args.JsonSave({'step': step, 'config': config.to_dict()})))
-    except Exception as e:  # pylint: disable=broad-except
-      self._pending = None
-      raise self._save_error(step, short_cause(e)) from e
+    self._finish(lambda: self.manager.save(step, force=True, args=args))
 
   def wait(self) -> None:
     """Waits for the save in flight (at most save_timeout_s, if set)."""
-    step, self._pending = self._pending, None
+    if self._pending is not None:
+      self._finish(self.manager.wait_until_finished)
+      self._pending = None
+
+  def _finish(self, fn: Callable[[], Any]) -> None:
+    """fn() under save_timeout_s; a failure is reported for the pending step
+    and gives that save up."""
     try:
-      _call_with_timeout(self.manager.wait_until_finished, self.save_timeout_s)
+      _call_with_timeout(fn, self.save_timeout_s)
+      return
     except TimeoutError:
+      step, self._pending = self._pending, None
       raise self._save_error(
           step, f'the save did not finish within {self.save_timeout_s:g} s '
           '(config.checkpoint_timeout_s); the storage may be stalled') from None
     except Exception as e:  # pylint: disable=broad-except
+      step, self._pending = self._pending, None
       raise self._save_error(step, short_cause(e)) from e
 
   def close(self) -> None:

@@ -150,12 +150,16 @@ def _quiet_failures() -> None:
   class _DropLibraryErrors(std_logging.Filter):
 
     def filter(self, record: std_logging.LogRecord) -> bool:
-      return not (record.levelno >= std_logging.ERROR and any(
-          f'{os.sep}{lib}{os.sep}' in record.pathname
-          for lib in ('orbax', 'grain')))
+      # asyncio: orbax's failed writes also end as "exception was never
+      # retrieved" reports of its event loops.
+      return not (record.levelno >= std_logging.ERROR and (
+          record.name == 'asyncio' or any(
+              f'{os.sep}{lib}{os.sep}' in record.pathname
+              for lib in ('orbax', 'grain'))))
 
   logging.get_absl_handler().addFilter(_DropLibraryErrors())
   threading.excepthook = lambda args: None
+  sys.unraisablehook = lambda args: None  # e.g. a flush at exit on a full disk
 
 
 def _exit(message: str, code: int) -> None:
@@ -179,16 +183,20 @@ def run(main: Callable[[list[str]], None]) -> None:
     if not flags.FLAGS['verbosity'].present:
       # orbax and grain log every save at INFO; keep the console readable.
       logging.set_verbosity(logging.WARNING)
-    if show_tracebacks():
-      return main(argv)
     try:
-      return main(argv)
-    except errors.Interrupted as e:
-      print(str(e), file=sys.stderr, flush=True)
-      sys.exit(0)
-    except errors.Error as e:
-      _exit(str(e), 1)
-    except OSError as e:  # disk full, permissions, a vanished file ...
-      _exit(describe_os_error(e), 1)
+      if show_tracebacks():
+        return main(argv)
+      try:
+        return main(argv)
+      except errors.Error as e:
+        _exit(str(e), 1)
+      except OSError as e:  # disk full, permissions, a vanished file ...
+        _exit(describe_os_error(e), 1)
+    finally:
+      preemption.restore_default_handlers()  # the run is over: not start-up
 
-  app.run(guarded, flags_parser=parse_flags)
+  try:
+    app.run(guarded, flags_parser=parse_flags)
+  except errors.Interrupted as e:  # a signal before training started
+    print(str(e), file=sys.stderr, flush=True)
+    sys.exit(0)

@@ -12,7 +12,7 @@ import math
 import ml_collections
 from ml_collections import config_dict
 
-from mae_jax import masking, sharding, targets
+from mae_jax import masking, sharding, targets, tracking
 from mae_jax.errors import ConfigError  # pylint: disable=unused-import (re-exported)
 
 
@@ -107,6 +107,8 @@ def base_config() -> ml_collections.ConfigDict:
                max_test_examples=0, k=20, temperature=0.07),
   ))
   c.eval_batch_size = 256  # global batch for feature extraction
+  # Optional W&B / MLflow runs beside metrics.jsonl and TensorBoard (tracking.py).
+  c.tracking = tracking.default_config()
   return c
 
 
@@ -274,6 +276,7 @@ def _validate(c, num_devices, process_count, check_files) -> None:
           'must be >= 0 (0 = no limit)')
   from mae_jax import evaluators  # pylint: disable=g-import-not-at-top
   evaluators.check_config(c)
+  tracking.check_config(c)
 
 
 def open_split(c: ml_collections.ConfigDict, split: str, who: str):

@@ -30,6 +30,10 @@ class CheckpointSaveError(Error, OSError):
   or a save that did not finish in time)."""
 
 
+class WriteError(Error, OSError):
+  """A workdir file (metrics, pictures, config) could not be written."""
+
+
 class DataError(Error, ValueError):
   """Input data that cannot be read (a bad record, file or worker)."""
 
@@ -38,5 +42,8 @@ class NonFiniteLossError(Error, FloatingPointError):
   """Training diverged: a loss or gradient norm that is NaN or infinite."""
 
 
-class Interrupted(Error):
-  """SIGTERM or SIGINT before training started: nothing to save."""
+class Interrupted(BaseException):
+  """SIGTERM or SIGINT before training started: nothing to save. Raised from
+  a signal handler, so a BaseException like KeyboardInterrupt: code that
+  catches Exception on its way up (a logging handler, a retry loop) must not
+  swallow it."""

@@ -11,9 +11,11 @@ import math
 import os
 import sys
 import time
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
+
+from mae_jax.errors import WriteError
 
 
 def _format_duration(seconds: float) -> str:
@@ -39,16 +41,18 @@ class MetricWriter:
 
   resume_step: the step a resumed run starts from; TensorBoard drops what an
   earlier attempt logged after it, as metrics.jsonl does (workdir.History).
+  trackers: W&B / MLflow writers (tracking.py) that get every record too.
   """
 
   def __init__(self, workdir: str, *, enabled: bool = True,
                progress: bool = True, total_steps: int = 0,
-               resume_step: int | None = None):
+               resume_step: int | None = None, trackers: Sequence = ()):
     self.enabled = enabled
     self.progress = progress and enabled
     self.total_steps = total_steps
     self._tty = sys.stdout.isatty()
     self._jsonl = self._tb = None
+    self._trackers = list(trackers) if enabled else []
     if enabled:
       os.makedirs(workdir, exist_ok=True)
       self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a',
@@ -64,11 +68,18 @@ class MetricWriter:
       return
     record = {'step': int(step)}
     record.update((k, _json_value(v)) for k, v in metrics.items())
-    self._jsonl.write(json.dumps(record, allow_nan=False) + '\n')
-    self._jsonl.flush()
+    try:
+      self._jsonl.write(json.dumps(record, allow_nan=False) + '\n')
+      self._jsonl.flush()
+    except OSError as e:  # a full disk, a vanished mount
+      raise WriteError(f'cannot write {self._jsonl.name}: {e.strerror or e} '
+                       f'(errno {e.errno}); the checkpoints already saved are '
+                       'intact') from e
     for k, v in record.items():
       if k != 'step' and isinstance(v, (int, float)):
         self._tb.add_scalar(k, v, step)
+    for t in self._trackers:
+      t.write(step, record)
 
   def image(self, step: int, tag: str, image: np.ndarray) -> None:
     """image: uint8 [H, W, C]."""
@@ -103,6 +114,8 @@ class MetricWriter:
     if self.enabled:
       self._jsonl.close()
       self._tb.close()
+      for t in self._trackers:
+        t.close()
 
 
 class Throughput:

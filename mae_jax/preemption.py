@@ -44,6 +44,12 @@ def install_startup_handlers() -> None:
       signal.signal(s, _raise_interrupted)
 
 
+def restore_default_handlers() -> None:
+  if threading.current_thread() is threading.main_thread():
+    for s in _SIGNALS:
+      signal.signal(s, signal.SIG_DFL)
+
+
 class Preemption:
   """Training phase: SIGTERM/SIGINT -> save at the current step and stop.
 

@@ -34,10 +34,27 @@ from jax.experimental import multihost_utils
 
 from mae_jax import checkpoint, config as config_lib, data, errors, evaluators
 from mae_jax import metrics as metrics_lib, optim, sharding, step as step_lib
-from mae_jax import workdir as workdir_lib
+from mae_jax import tracking, workdir as workdir_lib
 from mae_jax.preemption import Preemption
 
 NonFiniteLossError = errors.NonFiniteLossError
+
+
+def _closing(stack: contextlib.ExitStack, close: Callable[[], None]) -> None:
+  """Registers `close` to run when `stack` unwinds. If the run is already
+  failing, an error of `close` (a flush on the same full disk, say) must not
+  replace the first error, which says what went wrong."""
+
+  def on_exit(exc_type, exc, tb):
+    del exc, tb
+    try:
+      close()
+    except Exception:  # pylint: disable=broad-except
+      if exc_type is None:
+        raise
+    return False
+
+  stack.push(on_exit)
 
 
 @contextlib.contextmanager
@@ -233,7 +250,7 @@ def _train(config, workdir: str, lock: workdir_lib.Lock) -> dict[str, Any]:
         channels=config.model.channels, global_batch=config.batch_size,
         seed=config.seed, process_index=jax.process_index(),
         process_count=jax.process_count())
-    cleanup.callback(getattr(host_iter, 'close', lambda: None))
+    _closing(cleanup, getattr(host_iter, 'close', lambda: None))
     with _agreed():
       if start is None:
         state = setup.init(init_key)
@@ -244,7 +261,9 @@ def _train(config, workdir: str, lock: workdir_lib.Lock) -> dict[str, Any]:
       later = [s for s in reader.steps() if s > start]
       reader.close()
 
-    # 3. write: the workdir now belongs to this run
+    # 3. write: the workdir now belongs to this run. From here on a signal
+    # only asks the loop to save and stop (also while it closes, below).
+    preemption = cleanup.enter_context(Preemption())
     history = workdir_lib.History(workdir, start)
     removed = []
     if is_main:
@@ -258,11 +277,12 @@ def _train(config, workdir: str, lock: workdir_lib.Lock) -> dict[str, Any]:
       multihost_utils.sync_global_devices('mae_jax: workdir ready')
     writer = metrics_lib.MetricWriter(
         workdir, enabled=is_main, progress=config.progress, total_steps=total,
-        resume_step=start or None)
-    cleanup.callback(writer.close)
+        resume_step=start or None,
+        trackers=tracking.build(config, workdir, enabled=is_main))
+    _closing(cleanup, writer.close)
     ckpt = checkpoint.Checkpointer(ckpt_dir, keep=config.keep_checkpoints,
                                    save_timeout_s=config.checkpoint_timeout_s)
-    cleanup.callback(ckpt.close)  # first: callbacks run last-in, first-out
+    _closing(cleanup, ckpt.close)  # first: the stack unwinds last-in, first-out
     writer.message(_summary(config, mesh, source, total, sum(
         x.size for x in jax.tree.leaves(setup.abstract.params)), start,
                             workdir))
@@ -277,14 +297,13 @@ def _train(config, workdir: str, lock: workdir_lib.Lock) -> dict[str, Any]:
                                  mesh=mesh, init_params=setup.init_params,
                                  baseline_key=init_key, writer=writer,
                                  workdir=workdir)
-    with Preemption() as preemption:
-      run = _Run(config, setup.train_step(lr), step_key, ckpt, writer,
-                 evaluators.build(ctx), preemption, total,
-                 _open_trace(config, workdir))
-      if run.trace:
-        cleanup.callback(run.trace.close)
-      batches = device_batches(host_iter, setup.batch_shardings, prefetch=2)
-      return _loop(run, state, batches, start)
+    run = _Run(config, setup.train_step(lr), step_key, ckpt, writer,
+               evaluators.build(ctx), preemption, total,
+               _open_trace(config, workdir))
+    if run.trace:
+      _closing(cleanup, run.trace.close)
+    batches = device_batches(host_iter, setup.batch_shardings, prefetch=2)
+    return _loop(run, state, batches, start)
 
 
 def _save(run: _Run, step: int, state, data_state) -> None:

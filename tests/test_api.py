@@ -66,12 +66,32 @@ def test_reconstruct_keeps_visible_pixels_and_masks_three_quarters(model):
 
 
 def test_bad_inputs_are_named(model, tmp_path):
-  with pytest.raises(ValueError, match=r'\[N, 16, 16, 3\]'):
+  with pytest.raises(ValueError, match=r'images: shape \(2, 28, 28, 3\).*'
+                     r'\[N, 16, 16, 3\] \(N >= 1\) or one image \[16, 16, 3\]'):
     model.encode(np.zeros((2, 28, 28, 3), np.uint8))
-  with pytest.raises(ValueError, match='dtype int64'):
+  with pytest.raises(ValueError, match=r'images: shape \(0, 16, 16, 3\)'):
+    model.encode(np.zeros((0, 16, 16, 3), np.uint8))
+  with pytest.raises(ValueError, match='images: dtype int64'):
     model.encode(np.zeros((2, 16, 16, 3), np.int64))
+  for rng in (1.5, 'seed', jax.random.split(jax.random.key(0), 2), True):
+    with pytest.raises(TypeError, match=r'rng=.*expected an int seed or one '
+                       r'jax PRNG key'):
+      model.reconstruct(_images(), rng=rng)
   with pytest.raises(FileNotFoundError, match='no checkpoint found'):
     mae_jax.load(str(tmp_path))
+
+
+def test_one_image_without_batch_axis(model):
+  x = _images()
+  feat = model.encode(x[1])
+  assert feat.shape == (32,)
+  np.testing.assert_allclose(feat, model.encode(x)[1], rtol=1e-5, atol=1e-5)
+  recon, mask = model.reconstruct(x[1], rng=1)
+  assert recon.shape == (16, 16, 3) and mask.shape == (16, 16)
+  # A raw uint32 key (jax.random.PRNGKey) picks the same mask as its typed key.
+  _, a = model.reconstruct(x[1], rng=jax.random.PRNGKey(3))
+  _, b = model.reconstruct(x[1], rng=jax.random.key(3))
+  np.testing.assert_array_equal(a, b)
 
 
 def test_evaluate_runs_on_a_workdir_and_appends_metrics(workdir):
