@@ -285,6 +285,64 @@ def test_train_batches_and_restore_are_exact(indexed):
   assert not np.array_equal(labels[:30], labels[30:])
 
 
+def test_batches_and_state_do_not_depend_on_workers_or_threads():
+  # A source of mae_jax's: workers need not import this test module (slow).
+  d = _cfg(source='synthetic', synthetic_examples=30, read_threads=1)
+  ref = _take(_train(d, batch=6), 8)  # crosses an epoch boundary
+  d.read_threads = 3
+  assert all(_same(x, y) for x, y in zip(ref, _take(_train(d, batch=6), 8)))
+
+  def run(workers, k, state=None):
+    d.worker_count = workers
+    it = _train(d, batch=6)
+    try:
+      if state is not None:
+        it.set_state(state)
+      return _take(it, k), json.loads(json.dumps(it.get_state()))
+    finally:
+      it.close()
+
+  _, state = run(0, 3)
+  assert state == {'batches': 3, 'global_batch': 6, 'process_index': 0,
+                   'process_count': 1, 'source': 'synthetic:train',
+                   'source_size': 30, 'seed': 0}
+  # Resume in 2 worker processes: grain's worker w builds batches 3 + w,
+  # 5 + w, ... and they come back in order, the same batches.
+  got, state = run(2, 4, state)
+  assert all(_same(x, y) for x, y in zip(ref[3:7], got))
+  assert state['batches'] == 7
+  # And back to none, from JSON bytes (what grain's checkpoint handler passes).
+  got, _ = run(0, 1, json.dumps(state).encode())
+  assert _same(ref[7], got[0])
+
+
+def test_set_state_refuses_another_stream(indexed):
+  d = _cfg(source='indexed', synthetic_examples=30)
+  it = _train(d, batch=6)
+  _take(it, 2)
+  state = it.get_state()
+  expected = _take(it, 2)
+  it.set_state(state)  # also rewinds a started iterator
+  assert all(_same(x, y) for x, y in zip(expected, _take(it, 2)))
+  for kw, match in (
+      (dict(batch=12), r'made for config\.batch_size=6, this run has '
+                       r'config\.batch_size=12'),
+      (dict(batch=6, process_count=2),
+       r'made for jax\.process_count\(\)=1, this run has '
+       r'jax\.process_count\(\)=2'),
+  ):
+    with pytest.raises(ValueError, match=match):
+      _train(d, **kw).set_state(state)
+  d.synthetic_examples = 31
+  with pytest.raises(ValueError, match=r'training source of 30 records, this '
+                     r"run has .* 31 records: .*source 'indexed:train'"):
+    _train(d, batch=6).set_state(state)
+  # What an older mae_jax saved: grain's own iterator state.
+  old = {'next_index': 12, 'parent': {'next_index': 4}}
+  with pytest.raises(ValueError, match=r'older mae_jax.*new --workdir'):
+    _train(d, batch=6).set_state(json.dumps(old).encode())
+
+
 def test_processes_share_one_global_stream(indexed):
   d = _cfg(source='indexed', synthetic_examples=24)
   one = _take(_train(d, batch=8), 3)
@@ -301,27 +359,35 @@ def test_processes_share_one_global_stream(indexed):
     _train(d, batch=7, process_count=2)
 
 
-def test_skip_bad_records_counts_them(indexed):
+def test_skip_bad_records_replaces_and_counts_them(indexed):
   d = _cfg(source='indexed', synthetic_examples=20)
   # Grain's order depends on (seed, n) only, so a clean run gives the stream
-  # that the run with bad records must reproduce minus the bad ones.
-  stream = np.concatenate([b['label'] for b in _take(_train(d, batch=5), 12)])
-  indexed.update({3, 7, 11})
-  with pytest.raises(BadRecordError, match=r'indexed:train record (3|7|11): '
+  # that the run with bad records must reproduce, bad ones replaced.
+  stream = np.concatenate([b['label'] for b in _take(_train(d, batch=5), 9)])
+  indexed.update({3, 7, 11, 12})
+  with pytest.raises(BadRecordError, match=r'indexed:train record (3|7|11|12): '
                      'image dtype is float32'):
-    _take(_train(d, batch=5), 12)
+    _take(_train(d, batch=5), 9)
   d.skip_bad_records = True
   batches = _take(_train(d, batch=5), 9)
   labels = np.concatenate([b['label'] for b in batches])
   skipped = np.concatenate([b['skipped'] for b in batches])
-  kept = [i for i, x in enumerate(stream) if x not in indexed]
-  assert np.array_equal(labels, stream[kept][:45])
-  # Each kept element counts the bad ones right before it.
-  expected = np.diff([-1] + kept[:45]) - 1
-  assert np.array_equal(skipped, expected) and skipped.sum() >= 6
+  # A bad record is replaced by the next good one (11 -> 13, twice bad).
+  expected = [{3: 4, 7: 8, 11: 13, 12: 13}.get(x, x) for x in stream]
+  np.testing.assert_array_equal(labels, expected)
+  np.testing.assert_array_equal(np.concatenate([b['index'] for b in batches]),
+                                expected)
+  np.testing.assert_array_equal(
+      skipped, [{3: 1, 7: 1, 11: 2, 12: 1}.get(x, 0) for x in stream])
+  # Every bad record was met at least twice in these 2.25 epochs.
+  assert skipped.sum() >= 2 * (1 + 1 + 2 + 1)
+  # The images still match the labels after a replacement.
+  images = np.concatenate([b['image'] for b in batches])
+  np.testing.assert_array_equal(
+      data.denormalize(images, d.mean, d.std)[:, 4, 4, 0], labels)
 
   indexed.update(range(20))
-  with pytest.raises(BadRecordError, match='every record is bad'):
+  with pytest.raises(BadRecordError, match='every record is bad: all 20 '):
     next(_train(d, batch=5))
 
 
@@ -417,7 +483,9 @@ def test_array_record_bad_records_and_paths(tmp_path):
   w.write(b'\xff\xff not a proto')
   w.close()
   d = _cfg(source='array_record', path=path)
-  with pytest.raises(BadRecordError, match=r'record 0: not a serialized tf\.'):
+  # Named by file and record within it, then the global record id.
+  with pytest.raises(BadRecordError, match=r'train\.array_record record 0 '
+                     r'\(record 0 of array_record:.*\): not a serialized tf\.'):
     list(data.eval_batches(d, 'train', image_size=8, channels=3, batch_size=2))
   with pytest.raises(ValueError, match=r"config\.data\.path=.*no '\{split\}'"):
     data.open_source(d, 'test', image_size=8, channels=3)

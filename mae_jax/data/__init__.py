@@ -1,15 +1,17 @@
 """Data: sources of raw records, per-image transforms, grain pipelines."""
 
-from mae_jax.data.pipeline import build_train_iterator, eval_batches, source_info
+from mae_jax.data.pipeline import (
+    TrainIterator, build_train_iterator, eval_batches, source_info)
 from mae_jax.data.sources import (
     SOURCES, Source, check_config, open_source, register, write_array_record)
 from mae_jax.data.transforms import (
     BadRecordError, decode, denormalize, normalize, random_resized_crop,
     resize_center_crop)
+from mae_jax.data.workers import DataWorkerError
 
 __all__ = [
-    'BadRecordError', 'SOURCES', 'Source', 'build_train_iterator',
-    'check_config', 'decode', 'denormalize', 'eval_batches', 'normalize',
-    'open_source', 'random_resized_crop', 'register', 'resize_center_crop',
-    'source_info', 'write_array_record',
+    'BadRecordError', 'DataWorkerError', 'SOURCES', 'Source', 'TrainIterator',
+    'build_train_iterator', 'check_config', 'decode', 'denormalize',
+    'eval_batches', 'normalize', 'open_source', 'random_resized_crop',
+    'register', 'resize_center_crop', 'source_info', 'write_array_record',
 ]

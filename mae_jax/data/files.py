@@ -6,13 +6,14 @@ format. Records keep images encoded: decoding happens in the pipeline.
 
 from __future__ import annotations
 
+from concurrent import futures
 import glob
 import io
 import os
+import threading
 from typing import Sequence
 
 from array_record.python import array_record_module
-import grain
 import numpy as np
 from PIL import Image
 
@@ -87,10 +88,13 @@ class FolderSource(Source):
   def where(self, index: int) -> str:
     return f'{self.name} record {index} ({self.path(index)})'
 
+  def label(self, index: int) -> int:
+    return int(self._labels[index])
+
   def __getitem__(self, index: int) -> dict:
     index = self._checked(index)
     with open(self.path(index), 'rb') as f:
-      return {'image': f.read(), 'label': int(self._labels[index])}
+      return {'image': f.read(), 'label': self.label(index)}
 
 
 def open_folder(data_cfg, split: str) -> Source:
@@ -215,9 +219,104 @@ class ReaderSource(Source):
     return self._num_classes
 
 
+# Random access: no readahead, a small file buffer (grain's own choice).
+_READER_OPTIONS = 'readahead_buffer_size:0'
+_READER_BUFFER = 32768
+
+
+def _open_shard(path: str):
+  """An ArrayRecordReader for `path`; ValueError naming the file if unusable.
+
+  The reader does not raise on a bad file: it reports ok() = False and 0
+  records (which would silently drop a truncated shard from the data), and
+  says why only when closed.
+  """
+  reader = array_record_module.ArrayRecordReader(
+      path, _READER_OPTIONS, file_reader_buffer_size=_READER_BUFFER)
+  if reader.ok():
+    return reader
+  try:
+    reader.close()
+    why = ''
+  except Exception as e:  # pylint: disable=broad-except  # the reader's status
+    why = str(e).strip()
+  size = os.path.getsize(path) if os.path.exists(path) else None
+  what = ('it does not exist' if size is None else
+          'it is empty (0 bytes)' if size == 0 else
+          f'its {size} bytes are not a readable ArrayRecord file (truncated '
+          'or corrupt)')
+  raise ValueError(f'{path}: cannot be opened as an ArrayRecord shard: '
+                   f'{what}{f" ({why})" if why else ""}; rewrite or remove '
+                   'this file')
+
+
+class ArrayRecordShards:
+  """Records of several ArrayRecord files as one sequence.
+
+  Global index i is record i - starts[k] of file k (files in the given
+  order). Readers open lazily, once per process and file, so the object
+  pickles small into grain worker processes.
+  """
+
+  def __init__(self, paths: Sequence[str]):
+    self.paths = tuple(paths)
+    # Opening reads each file's index: in parallel, for many-shard data sets.
+    with futures.ThreadPoolExecutor(min(16, len(self.paths))) as pool:
+      counts = list(pool.map(self._count, self.paths))
+    # starts[k] = global index of file k's first record; starts[-1] = total.
+    self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    self._readers: dict[int, object] = {}
+    self._lock = threading.Lock()
+
+  @staticmethod
+  def _count(path: str) -> int:
+    reader = _open_shard(path)
+    try:
+      return reader.num_records()
+    finally:
+      reader.close()
+
+  def __len__(self) -> int:
+    return int(self.starts[-1])
+
+  def locate(self, index: int) -> tuple[str, int]:
+    """(file, record index within that file) of global record `index`."""
+    k = int(np.searchsorted(self.starts, index, side='right')) - 1
+    return self.paths[k], int(index - self.starts[k])
+
+  def __getitem__(self, index: int) -> bytes:
+    k = int(np.searchsorted(self.starts, index, side='right')) - 1
+    reader = self._readers.get(k)
+    if reader is None:
+      with self._lock:  # reader threads share one reader per file
+        reader = self._readers.get(k)
+        if reader is None:
+          reader = self._readers[k] = _open_shard(self.paths[k])
+    return reader.read([int(index - self.starts[k])])[0]
+
+  def __getstate__(self) -> dict:
+    state = self.__dict__.copy()
+    state['_readers'], state['_lock'] = {}, None
+    return state
+
+  def __setstate__(self, state: dict) -> None:
+    self.__dict__.update(state)
+    self._lock = threading.Lock()
+
+
+class ArrayRecordSource(ReaderSource):
+  """ArrayRecord shards; errors name the file and the record within it."""
+
+  def where(self, index: int) -> str:
+    path, j = self._reader.locate(index)
+    return f'{path} record {j} (record {index} of {self.name})'
+
+
 def open_array_record(data_cfg, split: str) -> Source:
   """`data.path` is a glob; '{split}' in it is replaced by the split. Without
-  '{split}' the files are the train split only."""
+  '{split}' the files are the train split only. Files are read in sorted
+  name order; each is opened here, so a truncated or corrupt one is named
+  before training starts."""
   pattern = os.path.expanduser(data_cfg.path)
   if '{split}' not in pattern and split != 'train':
     _fail('path', data_cfg.path,
@@ -228,9 +327,16 @@ def open_array_record(data_cfg, split: str) -> Source:
   if not paths:
     _fail('path', data_cfg.path,
           f'no files match {pattern!r} (split {split!r})')
+  try:
+    shards = ArrayRecordShards(paths)
+  except ValueError as e:
+    _fail('path', data_cfg.path, str(e))
+  if not len(shards):
+    _fail('path', data_cfg.path,
+          f'the {len(paths)} files matching {pattern!r} hold no records')
   fmt = data_cfg.record_format
-  return ReaderSource(
-      f'array_record:{pattern}', grain.sources.ArrayRecordDataSource(paths),
+  return ArrayRecordSource(
+      f'array_record:{pattern}', shards,
       _Parse(fmt, data_cfg.image_key, data_cfg.label_key),
       num_classes=0 if fmt == 'image_bytes' else None)
 

@@ -1,30 +1,39 @@
-"""Input pipelines: a checkpointable grain iterator for pretraining, and a
+"""Input pipelines: a checkpointable pretraining iterator, and a
 deterministic, padded batch generator for evaluation.
 
-Train: range -> read + decode -> shuffle -> repeat (reshuffled per epoch) ->
-random crop / flip -> this process's share -> threads -> drop skipped bad
-records -> batch -> normalize -> optional worker processes. Every random choice
-is a function of (seed, position), so the iterator state is one position and a
-restored iterator continues exactly.
+Train: one grain MapDataset up to the finished batch,
+  range -> read + decode (skip mode: a bad record is replaced by the next
+  good one) -> shuffle -> repeat (reshuffled per epoch) -> random crop / flip
+  -> this process's share -> batch -> normalize,
+so batch k is a pure function of (seed, k): every random choice depends on
+(seed, position) only. TrainIterator returns batches k, k + 1, ... of it,
+built by `data.read_threads` threads (one whole batch each) in the main
+process or in each of `data.worker_count` worker processes (worker w builds
+batches w, w + W, ...; grain interleaves them back in order). So the batches
+do not depend on worker_count or read_threads, and the iterator state is k
+plus what identifies the stream: a run may resume with other values of both.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
+import tempfile
+import weakref
 from typing import Iterator
 
 from absl import flags
 import grain
 import numpy as np
 
-from mae_jax.data import transforms
+from mae_jax.data import transforms, workers
 from mae_jax.data.sources import Source, open_source
 from mae_jax.data.transforms import BadRecordError
 
-# Key of the marker element that a bad record becomes in skip mode. Not None:
-# grain's to_iter_dataset silently drops Nones, and we need to count them.
+# Key of the marker element that a bad record becomes in evaluation's skip
+# mode. Not None: grain's to_iter_dataset silently drops Nones.
 _BAD = 'bad_record'
-
 
 def _hw(image_size) -> tuple[int, int]:
   if isinstance(image_size, int):
@@ -46,40 +55,74 @@ def _derive_seed(seed: int, stream: int) -> int:
 
 
 class _Load:
-  """index -> {'image': uint8 [H, W, C], 'label'}, or a marker in skip mode.
+  """index -> {'image': uint8 [H, W, C], 'label', 'index'}.
 
   Reads the source here rather than in a grain source node, so a record that
-  cannot even be read (truncated file, corrupt proto) is named by index and
-  handled like an undecodable image.
+  cannot even be read (truncated file, corrupt proto) raises BadRecordError
+  naming the source, index and file, like an undecodable image.
   """
 
-  def __init__(self, source: Source, channels: int, skip: bool):
+  def __init__(self, source: Source, channels: int):
     self.source = source
     self.channels = channels
-    self.skip = skip
 
   def __call__(self, index: int) -> dict:
     index = int(index)
+    where = self.source.where(index)
     try:
-      where = self.source.where(index)
-      try:
-        raw = self.source[index]
-      except BadRecordError:
-        raise
-      except Exception as e:  # I/O and parse errors of any kind
-        raise BadRecordError(
-            f'{where}: cannot be read ({type(e).__name__}: {e})') from e
-      image = transforms.decode(raw['image'], channels=self.channels,
-                                where=where)
-    except BadRecordError as e:
-      if not self.skip:
-        raise
-      return {_BAD: str(e)}
+      raw = self.source[index]
+    except BadRecordError:
+      raise
+    except Exception as e:  # I/O and parse errors of any kind
+      raise BadRecordError(
+          f'{where}: cannot be read ({type(e).__name__}: {e})') from e
+    image = transforms.decode(raw['image'], channels=self.channels,
+                              where=where)
     return {'image': image, 'label': raw['label'], 'index': index}
 
 
+class _LoadGood:
+  """Train reads: index -> _Load's record plus 'skipped' (int32).
+
+  Strict mode raises on a bad record. Skip mode replaces it by the next good
+  record of the source (index + 1, + 2, ... modulo its size) and 'skipped'
+  counts the bad ones passed over: a fixed-size MapDataset batch cannot drop
+  an element, and a replacement that depends on the source alone keeps batch
+  k a function of (seed, k).
+  """
+
+  def __init__(self, load: _Load, skip: bool):
+    self.load = load
+    self.skip = skip
+    # index -> error, per process: a run of bad records (a corrupt shard) is
+    # read once, not once per element that lands in it.
+    self._bad: dict[int, str] = {}
+
+  def __call__(self, index: int) -> dict:
+    index = int(index)
+    if not self.skip:
+      return {**self.load(index), 'skipped': np.int32(0)}
+    n = len(self.load.source)
+    for skipped in range(n):
+      i = (index + skipped) % n
+      if i in self._bad:
+        continue
+      try:
+        el = self.load(i)
+      except BadRecordError as e:
+        self._bad[i] = str(e)
+        continue
+      el['skipped'] = np.int32(skipped)
+      return el
+    raise BadRecordError(
+        f'every record is bad: all {n} records of {self.load.source.name} '
+        'fail to load (config.data.skip_bad_records=True replaces a bad '
+        f'record by the next good one; there is none). Record {index}: '
+        f'{self._bad.get(index)}')
+
+
 class _Augment:
-  """Random resized crop + optional horizontal flip; markers pass through."""
+  """Random resized crop + optional horizontal flip."""
 
   def __init__(self, size, scale, ratio, hflip: bool):
     self.size = size
@@ -88,15 +131,14 @@ class _Augment:
     self.hflip = hflip
 
   def __call__(self, el: dict, rng: np.random.Generator) -> dict:
-    if _BAD in el:
-      return el
     img = transforms.random_resized_crop(el['image'], rng, self.size,
                                          self.scale, self.ratio)
     if self.hflip and rng.random() < 0.5:
       img = img[:, ::-1]
-    # uint8 until batched: 4x less memory in the prefetch buffers.
+    # uint8 until batched: 4x less memory while the batch is assembled.
     return {'image': np.ascontiguousarray(img),
-            'label': np.int32(el['label']), 'index': np.int64(el['index'])}
+            'label': np.int32(el['label']), 'index': np.int64(el['index']),
+            'skipped': el['skipped']}
 
 
 class _Normalize:
@@ -140,63 +182,161 @@ class _ProcessShard(grain.MapDataset):
     return f'ProcessShard({self._p} of {self._count})'
 
 
-class _DropBadRecords(grain.IterDataset):
-  """Drops skip-mode markers; each kept element gets 'skipped' = the number
-  of markers dropped just before it (so a batch's sum counts its skips)."""
-
-  def __init__(self, parent: grain.IterDataset, limit: int):
-    super().__init__(parent)
-    self._limit = limit
-
-  def __iter__(self) -> grain.DatasetIterator:
-    return _DropBadRecordsIterator(self._parent.__iter__(), self._limit)
-
-  def __str__(self) -> str:
-    return f'DropBadRecords(limit={self._limit})'
+def _close(it, pulled: workers.Supervised | None, folder: str | None) -> None:
+  """Finalizer of a started TrainIterator (a function: it must not hold the
+  iterator itself)."""
+  try:
+    if pulled is not None:
+      pulled.close()
+    elif it is not None:
+      it.close()
+  finally:
+    if folder:
+      shutil.rmtree(folder, ignore_errors=True)
 
 
-class _DropBadRecordsIterator(grain.DatasetIterator):
+# ------------------------------------------------------------------ train
 
-  def __init__(self, parent: grain.DatasetIterator, limit: int):
-    super().__init__(parent)
-    self._limit = limit
+
+class TrainIterator:
+  """Endless host batches of this process; see build_train_iterator.
+
+  State (get_state / set_state, JSON): {'batches': k, the batches returned
+  so far, and the stream it counts in: 'global_batch', 'process_index',
+  'process_count', 'source', 'source_size', 'seed'}. Nothing in it depends
+  on data.worker_count or data.read_threads. set_state takes the dict or its
+  JSON bytes (what grain.checkpoint.CheckpointHandler passes) and continues
+  at batch k.
+  """
+
+  def __init__(self, batches: grain.MapDataset, stream: dict, *,
+               worker_count: int, read_threads: int, prefetch: int):
+    self._batches = batches
+    self._stream = dict(stream)
+    self._workers, self._threads, self._ahead = (worker_count, read_threads,
+                                                 prefetch)
+    self._k = 0
+    self._it = None       # grain iterator over batches k, k + 1, ...
+    self._pulled = None   # the same, supervised, with worker processes
+    self._finalizer = None
+    self._error = None    # raised again: the stream cannot skip a batch
+    self._closed = False
+
+  def _start(self) -> None:
+    if self._closed:
+      raise ValueError('TrainIterator is closed')
+    if self._finalizer is not None:
+      return
+    ds = self._batches[self._k:].to_iter_dataset(grain.ReadOptions(
+        num_threads=self._threads,
+        # One thread builds one whole batch: a shorter buffer idles threads.
+        prefetch_buffer_size=max(self._ahead, self._threads)))
+    folder = None
+    if self._workers:
+      # grain reads absl flags when it starts workers; outside absl.app.run
+      # (tests, notebooks) they are unparsed and reading them raises.
+      if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+      folder = tempfile.mkdtemp(prefix='mae_jax-data-workers-')
+      ds = ds.mp_prefetch(
+          grain.MultiprocessingOptions(num_workers=self._workers,
+                                       per_worker_buffer_size=self._ahead),
+          worker_init_fn=workers.WorkerInit(folder))
+      self._pulled = workers.Supervised(
+          iter(ds), workers.WorkerWatch(folder, self._workers), self._advice())
+    else:
+      self._it = iter(ds)
+    self._finalizer = weakref.finalize(self, _close, self._it, self._pulled,
+                                       folder)
+
+  def _advice(self) -> str:
+    return (
+        'Each worker holds its own read threads and prefetched batches: lower '
+        f'config.data.worker_count (now {self._workers}), '
+        f'config.data.read_threads (now {self._threads}) or '
+        'config.data.prefetch_batches, or give the job more memory. With '
+        'worker_count=0 the main process reads, and a crash shows where')
+
+  def __iter__(self) -> TrainIterator:
+    return self
 
   def __next__(self) -> dict:
-    skipped = 0
-    while True:
-      el = next(self._parent)
-      if _BAD not in el:
-        el['skipped'] = np.int32(skipped)
-        return el
-      skipped += 1
-      if skipped > self._limit:
-        raise BadRecordError(
-            f'every record is bad: skipped {skipped} in a row, more than the '
-            f'{self._limit} records of the source (config.data.'
-            f'skip_bad_records=True); the last one: {el[_BAD]}')
+    if self._error is not None:
+      raise self._error
+    self._start()
+    try:
+      batch = self._pulled.next() if self._pulled else next(self._it)
+    except Exception as e:
+      self._error = e
+      raise
+    self._k += 1
+    return batch
 
-  # The count lives only inside one __next__ call, so the parent's position
-  # is the whole state and a restore is exact.
+  def start_prefetch(self) -> None:
+    """Starts reading (threads, worker processes) before the first next()."""
+    self._start()
+    if self._it is not None:
+      self._it.start_prefetch()
+
   def get_state(self) -> dict:
-    return self._parent.get_state()
+    return {'batches': self._k, **self._stream}
 
-  def set_state(self, state: dict) -> None:
-    self._parent.set_state(state)
+  def set_state(self, state: dict | bytes | str) -> None:
+    if isinstance(state, (bytes, str)):
+      state = json.loads(state)
+    if not isinstance(state, dict) or 'batches' not in state:
+      keys = sorted(state)[:6] if isinstance(state, dict) else type(state)
+      raise ValueError(
+          f"the checkpoint's data iterator state (keys {keys}) comes from an "
+          "older mae_jax, which saved grain's own iterator state; this "
+          'version cannot continue it exactly. Finish that run with the '
+          'mae_jax version that wrote it, or start a new --workdir')
+    mine = self._stream
+    checks = (
+        ('global_batch', lambda v: f'config.batch_size={v}',
+         'resume with the batch size it was trained with'),
+        ('process_count', lambda v: f'jax.process_count()={v}',
+         'resume on as many processes'),
+        ('source_size', lambda v: f'a training source of {v} records',
+         f'the data (config.data, source {mine["source"]!r}) changed since; '
+         'resume on the same data'))
+    for key, what, fix in checks:
+      if state.get(key) != mine[key]:
+        raise ValueError(
+            f"the checkpoint's data iterator was made for "
+            f'{what(state.get(key))}, this run has {what(mine[key])}: {fix}, '
+            'or start a new --workdir')
+    k = state['batches']
+    if not isinstance(k, int) or k < 0:
+      raise ValueError(f"the checkpoint's data iterator state has batches="
+                       f'{k!r}; expected an int >= 0')
+    self._stop()
+    self._k, self._error = k, None
+
+  def _stop(self) -> None:
+    if self._finalizer is not None:
+      self._finalizer()
+    self._finalizer = self._it = self._pulled = None
+
+  def close(self) -> None:
+    """Stops the read threads and worker processes."""
+    self._stop()
+    self._closed = True
 
 
 def build_train_iterator(data_cfg, *, image_size, channels: int,
                          global_batch: int, seed: int, process_index: int = 0,
-                         process_count: int = 1) -> grain.DatasetIterator:
+                         process_count: int = 1) -> TrainIterator:
   """Endless pretraining batches for this process.
 
   Yields {'image': float32 [b, H, W, C] normalized, 'label': int32 [b],
-  'index': int64 [b] (source record ids), 'skipped': int32 [b]} with
+  'index': int64 [b] (source record ids), 'skipped': int32 [b] (bad records
+  replaced by the next good one, in skip mode)} with
   b = global_batch // process_count. Process p takes rows [p*b, (p+1)*b) of
   every global batch of one global stream (_ProcessShard), so the processes'
-  batch k together is exactly the single-process batch k. Supports get_state / set_state (JSON-able)
-  and grain.checkpoint.CheckpointSave / CheckpointRestore; a state restores
-  only into an iterator with the same source, batch, process count and
-  worker_count (with workers it holds one position per worker).
+  batch k together is exactly the single-process batch k. The batches and
+  the state (see TrainIterator) are the same for any data.worker_count and
+  data.read_threads. Reading starts at the first next() or start_prefetch().
   """
   if global_batch % process_count:
     raise ValueError(f'global batch {global_batch} is not divisible by the '
@@ -209,46 +349,45 @@ def build_train_iterator(data_cfg, *, image_size, channels: int,
   size = _hw(image_size)
   b = global_batch // process_count
   source = open_source(d, d.split, image_size=size, channels=channels)
-  ahead = max(1, d.prefetch_batches)
 
   ds = grain.MapDataset.range(len(source))
-  ds = ds.map(_Load(source, channels, d.skip_bad_records))
+  ds = ds.map(_LoadGood(_Load(source, channels), d.skip_bad_records))
   ds = ds.shuffle(seed=_derive_seed(seed, 0))
   ds = ds.repeat(None)  # each epoch is shuffled with a different seed
   ds = ds.random_map(_Augment(size, d.crop_scale, d.crop_ratio, d.hflip),
                      seed=_derive_seed(seed, 1))
   ds = _ProcessShard(ds, process_index, process_count, global_batch)
-  ds = ds.to_iter_dataset(grain.ReadOptions(
-      num_threads=d.read_threads, prefetch_buffer_size=ahead * b))
-  ds = _DropBadRecords(ds, limit=len(source))
   ds = ds.batch(b, drop_remainder=True)
   ds = ds.map(_Normalize(d.mean, d.std))
-  if d.worker_count > 0:
-    # grain reads absl flags when it starts workers; outside absl.app.run
-    # (tests, notebooks) they are unparsed and reading them raises.
-    if not flags.FLAGS.is_parsed():
-      flags.FLAGS.mark_as_parsed()
-    # Each worker runs the stages above on every worker_count-th element
-    # (grain slices before to_iter_dataset); batches are interleaved back.
-    ds = ds.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=d.worker_count, per_worker_buffer_size=ahead))
-  return iter(ds)
+  stream = {'global_batch': global_batch, 'process_index': process_index,
+            'process_count': process_count, 'source': source.name,
+            'source_size': len(source), 'seed': seed}
+  return TrainIterator(ds, stream, worker_count=d.worker_count,
+                       read_threads=d.read_threads,
+                       prefetch=max(1, d.prefetch_batches))
+
+
+# --------------------------------------------------------------- evaluation
 
 
 class _LoadEval:
-  """index -> {'image': float32 [h, w, C], 'label'} (or a marker): the
-  deterministic evaluation view."""
+  """index -> {'image': float32 [h, w, C], 'label'}: the deterministic
+  evaluation view; a bad record becomes a marker in skip mode."""
 
-  def __init__(self, load: _Load, size, mean, std):
+  def __init__(self, load: _Load, skip: bool, size, mean, std):
     self.load = load
+    self.skip = skip
     self.size = size
     self.mean = tuple(mean)
     self.std = tuple(std)
 
   def __call__(self, index: int) -> dict:
-    el = self.load(index)
-    if _BAD in el:
-      return el
+    try:
+      el = self.load(index)
+    except BadRecordError as e:
+      if not self.skip:
+        raise
+      return {_BAD: str(e)}
     img = transforms.resize_center_crop(el['image'], self.size)
     return {'image': transforms.normalize(img, self.mean, self.std),
             'label': el['label']}
@@ -284,7 +423,7 @@ def eval_batches(data_cfg, split: str, *, image_size, channels: int,
   n = len(source) if max_examples <= 0 else min(max_examples, len(source))
   start, stop, num_batches = _eval_range(n, batch_size, process_index,
                                          process_count)
-  load = _LoadEval(_Load(source, channels, d.skip_bad_records), size, d.mean,
+  load = _LoadEval(_Load(source, channels), d.skip_bad_records, size, d.mean,
                    d.std)
   ds = grain.MapDataset.range(start, stop).map(load)
   it = iter(ds.to_iter_dataset(grain.ReadOptions(

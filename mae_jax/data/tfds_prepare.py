@@ -94,8 +94,8 @@ def _write_split(src, split: str, name: str, out: str, features, mode: str,
           size = 0
         example = {'image': image, 'file_name': os.path.relpath(
             src.path(i), src.root)}
-        if 'label' in features:  # pylint: disable-next=protected-access
-          example['label'] = int(src._labels[i])
+        if 'label' in features:
+          example['label'] = src.label(i)
         record = features.serialize_example(example)
         writer.write(record)
         lengths[-1] += 1
