@@ -131,11 +131,14 @@ def time_input_pipeline(config, batches: int) -> dict:
       config.data, image_size=config_lib.image_size(config),
       channels=config.model.channels, global_batch=config.batch_size,
       seed=config.seed)
-  next(it)  # start-up (threads, workers, first decode) is not throughput
-  t = time.perf_counter()
-  for _ in range(batches):
-    next(it)
-  seconds = time.perf_counter() - t
+  try:
+    next(it)  # start-up (threads, workers, first decode) is not throughput
+    t = time.perf_counter()
+    for _ in range(batches):
+      next(it)
+    seconds = time.perf_counter() - t
+  finally:
+    it.close()  # stops the read threads and worker processes
   return {'batches': batches, 'examples_per_sec':
           batches * config.batch_size / seconds}
 

@@ -165,6 +165,12 @@ def _quiet_failures() -> None:
 def _exit(message: str, code: int) -> None:
   print(f'error: {message}', file=sys.stderr, flush=True)
   sys.stdout.flush()
+  if 'jax' in sys.modules and sys.modules['jax'].process_count() > 1:
+    # Tell the other processes why, and leave at once: a normal exit would
+    # wait in jax's shutdown barrier for peers that may be stuck in a
+    # collective with this process.
+    preemption.report_failure(message)
+    os._exit(code)
   # Background threads (a storage client stuck in a save, data workers) must
   # not keep a failed run alive: exit hard if a normal exit does not finish.
   timer = threading.Timer(30.0, os._exit, (code,))

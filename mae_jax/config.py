@@ -56,7 +56,8 @@ def base_config() -> ml_collections.ConfigDict:
       worker_count=0,       # grain worker processes (0 = in the main process)
       read_threads=4,       # grain threads reading/decoding per process
       prefetch_batches=2,   # batches prepared ahead on the host
-      skip_bad_records=False,  # False: raise on a bad record; True: skip and count
+      skip_bad_records=False,  # False: raise on a bad record; True: replace it by
+                               # the next good record and count it
       trace_indices=False,  # write each step's source record ids per process
                             # to <workdir>/data_trace/ (debugging data order)
   ))
@@ -93,6 +94,8 @@ def base_config() -> ml_collections.ConfigDict:
                           # (the later ones move to <workdir>/history/)
   c.checkpoint_timeout_s = 3600.0  # a save still unfinished after this stops
                                    # the run with an error (0 = wait forever)
+  c.peer_timeout_s = 600.0  # multi-process: every process must reach each
+                            # log/checkpoint step within this of the others
   c.progress = True       # console progress line
   # Evaluators (mae_jax/evaluators): each runs at the end of training and every
   # `every_steps` steps if > 0; `python -m mae_jax.evaluate` runs them on a
@@ -274,6 +277,8 @@ def _validate(c, num_devices, process_count, check_files) -> None:
   if c.checkpoint_timeout_s < 0:
     _fail('checkpoint_timeout_s', c.checkpoint_timeout_s,
           'must be >= 0 (0 = no limit)')
+  if c.peer_timeout_s <= 0:
+    _fail('peer_timeout_s', c.peer_timeout_s, 'must be > 0')
   from mae_jax import evaluators  # pylint: disable=g-import-not-at-top
   evaluators.check_config(c)
   tracking.check_config(c)

@@ -38,6 +38,11 @@ class DataError(Error, ValueError):
   """Input data that cannot be read (a bad record, file or worker)."""
 
 
+class PeerError(Error):
+  """Another process of a multi-process run died, failed or stopped
+  responding."""
+
+
 class NonFiniteLossError(Error, FloatingPointError):
   """Training diverged: a loss or gradient norm that is NaN or infinite."""
 

@@ -43,6 +43,10 @@ _DISTRIBUTED = flags.DEFINE_enum(
     'Kubernetes); off: never.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None,
                                    'With --coordinator_address.')
+_HEARTBEAT = flags.DEFINE_integer(
+    'heartbeat_timeout_s', 100, 'Multi-process: a process whose heartbeats '
+    'stop for this long is declared dead and jax ends the others (see also '
+    'config.peer_timeout_s).')
 
 
 def _cluster_detected() -> bool:
@@ -62,10 +66,11 @@ def initialize_distributed() -> None:
       raise app.UsageError('--coordinator_address needs --num_processes and '
                            '--process_id')
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
-                               _PROCESS_ID.value)
+                               _PROCESS_ID.value,
+                               heartbeat_timeout_seconds=_HEARTBEAT.value)
   elif _DISTRIBUTED.value == 'on' or (_DISTRIBUTED.value == 'auto'
                                       and _cluster_detected()):
-    jax.distributed.initialize()
+    jax.distributed.initialize(heartbeat_timeout_seconds=_HEARTBEAT.value)
 
 
 def main(argv) -> None:

@@ -263,7 +263,7 @@ def _train(config, workdir: str, lock: workdir_lib.Lock) -> dict[str, Any]:
 
     # 3. write: the workdir now belongs to this run. From here on a signal
     # only asks the loop to save and stop (also while it closes, below).
-    preemption = cleanup.enter_context(Preemption())
+    preemption = cleanup.enter_context(Preemption(config.peer_timeout_s))
     history = workdir_lib.History(workdir, start)
     removed = []
     if is_main:
@@ -342,7 +342,7 @@ def _loop(run: _Run, state, batches, start: int) -> dict[str, Any]:
       throughput.start(done)
     is_log = done % c.log_every == 0 or done == end
     is_ckpt = done % c.checkpoint_every == 0 or done == end
-    stop = run.preemption.should_stop(at_sync_point=is_log or is_ckpt)
+    stop = run.preemption.should_stop(done, at_sync_point=is_log or is_ckpt)
     if is_log or is_ckpt or stop:
       history = jax.device_get(pending)
       pending = []

@@ -3,6 +3,7 @@ devices each): they train, checkpoint, restart and resume like one process,
 reading disjoint shares of every global batch."""
 
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -54,7 +55,7 @@ def runs(tmp_path_factory):
 def test_resumes_after_restart_with_both_processes(runs):
   root, first, second = runs
   assert 'stopped at step 2 of 4' in first[0]
-  assert 'at step 2' in second[0] and 'resumed' in second[0]
+  assert 'resuming at step 2' in second[0]
   data_state = sorted(p.name for p in (root / 'multi' / 'checkpoints' / '2' /
                                        'data').glob('process_*.json'))
   assert data_state == ['process_0-of-2.json', 'process_1-of-2.json']
@@ -106,3 +107,36 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
   data = sorted(p.name for p in (tmp_path / 'run' / 'checkpoints' / steps[0] /
                                  'data').iterdir() if p.suffix == '.json')
   assert data == ['process_0-of-2.json', 'process_1-of-2.json']
+
+
+def test_a_killed_process_stops_the_other_with_a_message(tmp_path):
+  """kill -9 of process 1 (as the OOM killer does): process 0 does not train
+  on alone or hang. Either jax's coordination service notices first and ends
+  it (its own fatal message, SIGABRT), or our barrier at the next sync point
+  does, within peer_timeout_s."""
+  port = _free_port()
+  procs = [subprocess.Popen(
+      [sys.executable, '-m', 'mae_jax.main', '--config=configs/test.py:steps=5000',
+       f'--workdir={tmp_path / "run"}', f'--coordinator_address=localhost:{port}',
+       '--num_processes=2', f'--process_id={i}', '--config.progress=True',
+       '--config.peer_timeout_s=5', '--heartbeat_timeout_s=5'],
+      cwd=ROOT, env=subprocess_env(devices=2), text=True,
+      stdout=subprocess.PIPE if i == 0 else subprocess.DEVNULL,
+      stderr=subprocess.STDOUT) for i in range(2)]
+  lines = []
+  for line in procs[0].stdout:
+    lines.append(line)
+    if line.startswith('step 3/5000'):
+      procs[1].kill()
+      break
+  out = ''.join(lines) + procs[0].communicate(timeout=120)[0]
+  procs[1].wait(timeout=60)
+  if procs[0].returncode == -signal.SIGABRT:
+    assert 'JAX distributed service detected fatal errors' in out, out[-3000:]
+    return
+  assert procs[0].returncode == 1, out[-3000:]
+  errors = [l for l in out.splitlines() if l.startswith('error: ')]
+  assert len(errors) == 1, out[-3000:]
+  assert 'not every process reached step' in errors[0]
+  assert 'one was killed (out of memory?) or hangs' in errors[0]
+  assert int(errors[0].split('reached step ')[1].split()[0]) < 1000

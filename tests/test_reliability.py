@@ -366,6 +366,19 @@ def test_sigterm_during_start_up_exits_cleanly(workdir):
   assert _contents(workdir) == before
 
 
+# ---------------------------------------------------------------- 7. data
+
+
+def test_resume_with_another_worker_count_continues_exactly(trained, tmp_path):
+  c = load_config('test', 'steps=4')
+  c.stop_at_step = 2
+  train.train(c, str(tmp_path))
+  c.stop_at_step, c.data.worker_count = 0, 2
+  train.train(c, str(tmp_path))
+  losses = lambda w: [r['loss'] for r in _records(w) if 'loss' in r]
+  assert losses(tmp_path) == losses(trained)  # bitwise: the same batches
+
+
 # ------------------------------------------------- 8. error presentation
 
 

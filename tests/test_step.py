@@ -46,7 +46,7 @@ def test_bfloat16_first_moment():
   c = load_config('test')
   c.optim.mu_dtype = 'bfloat16'
   state, _ = _one_step(c, {'image': jnp.ones((8, 16, 16, 3))})
-  adam = state.opt_state[0]
+  adam = state.opt_state[1][0]  # chain(clip or identity, adamw)
   assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(adam.mu))
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(adam.nu))
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params))
