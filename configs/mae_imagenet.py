@@ -5,7 +5,8 @@ normalized-pixel targets, batch 4096, AdamW (0.9, 0.95), weight decay 0.05,
 base lr 1.5e-4 (lr = base_lr x batch / 256), 40 warmup epochs then cosine,
 random resized crop (scale 0.2-1) + horizontal flip at 224x224, 800 or 1600
 epochs. Data: TFDS imagenet2012 prepared in array_record format (no download
-happens here).
+happens here); prepared without TensorFlow by the README recipe, add
+--config.data.tfds_name=imagenet2012_folder.
 
   python -m mae_jax.main --config=configs/mae_imagenet.py:variant=L/16,epochs=800 \
       --workdir=$WORKDIR --config.data.tfds_data_dir=/data/tfds

@@ -27,6 +27,7 @@ import shutil
 import threading
 from typing import Any, Callable
 
+from absl import logging as absl_logging
 import grain
 import jax
 import ml_collections
@@ -147,14 +148,22 @@ class Checkpointer:
     self.directory = directory
     self.save_timeout_s = save_timeout_s
     self._pending: int | None = None  # step of a save that may be in flight
-    self.manager = ocp.CheckpointManager(
-        directory,
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=not read_only, read_only=read_only,
-            enable_async_checkpointing=async_save),
-        item_handlers={'state': ocp.StandardCheckpointHandler(),
-                       'data': grain.checkpoint.CheckpointHandler(),
-                       'meta': ocp.JsonCheckpointHandler()})
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=None if read_only else keep, create=not read_only,
+        read_only=read_only, save_interval_steps=0 if read_only else 1,
+        enable_async_checkpointing=async_save)
+    # orbax warns that a read-only manager is read-only: not news to a user.
+    level = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(min(level, absl_logging.ERROR) if read_only
+                               else level)
+    try:
+      self.manager = ocp.CheckpointManager(
+          directory, options=options,
+          item_handlers={'state': ocp.StandardCheckpointHandler(),
+                         'data': grain.checkpoint.CheckpointHandler(),
+                         'meta': ocp.JsonCheckpointHandler()})
+    finally:
+      absl_logging.set_verbosity(level)
 
   # ---------------------------------------------------------------- reading
 

@@ -110,6 +110,17 @@ def test_total_steps_below_the_checkpoint_is_refused(workdir):
   assert _contents(workdir) == before
 
 
+def test_too_little_free_space_for_a_checkpoint_is_refused(tmp_path, monkeypatch):
+  import shutil as shutil_module
+  usage = shutil_module.disk_usage(tmp_path)
+  monkeypatch.setattr(shutil_module, 'disk_usage',
+                      lambda path: usage._replace(free=1000))
+  with pytest.raises(errors.WorkdirError, match=r'GiB free, but one checkpoint '
+                     'needs about'):
+    train.train(load_config('test'), str(tmp_path / 'w'))
+  assert not (tmp_path / 'w').exists()
+
+
 # ------------------------------------------- 2. failed saves never hang
 
 _UNSHARE_OK = shutil.which('unshare') and subprocess.run(

@@ -393,9 +393,11 @@ def open_tfds(data_cfg, split: str) -> Source:
     raise ValueError(
         f'config.data.tfds_name={name!r} split {split!r} (config.data.'
         f'tfds_data_dir={data_dir!r}) cannot be opened: {type(e).__name__}: '
-        f'{first}. It must already be prepared in array_record format (e.g. '
-        '`tfds build NAME --file_format=array_record`); nothing is '
-        'downloaded here') from e
+        f'{first}. It must already be prepared in array_record format '
+        '(nothing is downloaded here). Without TensorFlow, make one from an '
+        'image folder: `python -m mae_jax.data.tfds_prepare --folder=DIR '
+        '--name=NAME --data_dir=DATA_DIR` (README: "Preparing a TFDS dataset '
+        'without TensorFlow")') from e
   features = reader.dataset_info.features
   if data_cfg.image_key not in features:
     _fail('image_key', data_cfg.image_key,
