@@ -19,6 +19,7 @@ import os
 import re
 import sys
 import threading
+import traceback
 from typing import Callable
 
 from absl import app, flags, logging
@@ -143,9 +144,15 @@ def describe_os_error(e: OSError) -> str:
   return f'{where}{reason}{code}'
 
 
+# Libraries whose failures we report ourselves, as one message with the cause.
+_QUIET_LIBS = tuple(f'{os.sep}{lib}{os.sep}' for lib in ('orbax', 'grain',
+                                                        'asyncio'))
+
+
 def _quiet_failures() -> None:
-  """Keep orbax/grain's own error logs and background threads' tracebacks
-  off the console: our message says what failed, with the cause."""
+  """Keep orbax/grain's own error logs and their background threads'
+  tracebacks off the console: our message says what failed, with the cause.
+  Other threads' tracebacks (bugs) still print."""
 
   class _DropLibraryErrors(std_logging.Filter):
 
@@ -153,18 +160,30 @@ def _quiet_failures() -> None:
       # asyncio: orbax's failed writes also end as "exception was never
       # retrieved" reports of its event loops.
       return not (record.levelno >= std_logging.ERROR and (
-          record.name == 'asyncio' or any(
-              f'{os.sep}{lib}{os.sep}' in record.pathname
-              for lib in ('orbax', 'grain'))))
+          record.name == 'asyncio'
+          or any(lib in record.pathname for lib in _QUIET_LIBS)))
+
+  def quiet(default):
+    """A threading.excepthook / sys.unraisablehook that drops what those
+    libraries' threads and callbacks raise (e.g. tensorstore's callbacks into
+    an orbax event loop that closed on the error)."""
+    def hook(args):
+      frames = traceback.extract_tb(args.exc_traceback)
+      if not any(lib in f.filename for f in frames for lib in _QUIET_LIBS):
+        default(args)
+    return hook
 
   logging.get_absl_handler().addFilter(_DropLibraryErrors())
-  threading.excepthook = lambda args: None
-  sys.unraisablehook = lambda args: None  # e.g. a flush at exit on a full disk
+  threading.excepthook = quiet(threading.excepthook)
+  sys.unraisablehook = quiet(sys.unraisablehook)
 
 
 def _exit(message: str, code: int) -> None:
   print(f'error: {message}', file=sys.stderr, flush=True)
   sys.stdout.flush()
+  # What fails after the message (a flush at exit on the same full disk) is
+  # not news.
+  sys.unraisablehook = lambda args: None
   if 'jax' in sys.modules and sys.modules['jax'].process_count() > 1:
     # Tell the other processes why, and leave at once: a normal exit would
     # wait in jax's shutdown barrier for peers that may be stuck in a

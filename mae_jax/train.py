@@ -265,16 +265,15 @@ def _train(config, workdir: str, lock: workdir_lib.Lock) -> dict[str, Any]:
     # only asks the loop to save and stop (also while it closes, below).
     preemption = cleanup.enter_context(Preemption(config.peer_timeout_s))
     history = workdir_lib.History(workdir, start)
-    removed = []
-    if is_main:
-      lock.acquire()
-      if reader:
-        history.move_checkpoints(ckpt_dir, later)
-        removed = checkpoint.remove_unfinished(ckpt_dir)
-      history.rewind_metrics()
-      history.write_config(config.to_dict())
-    if jax.process_count() > 1:
-      multihost_utils.sync_global_devices('mae_jax: workdir ready')
+    removed = []  # unfinished saves of an interrupted run
+    with _agreed():  # also the others' signal that the workdir is ready
+      if is_main:
+        lock.acquire()
+        if reader:
+          history.move_checkpoints(ckpt_dir, later)
+          removed = checkpoint.remove_unfinished(ckpt_dir)
+        history.rewind_metrics()
+        history.write_config(config.to_dict())
     writer = metrics_lib.MetricWriter(
         workdir, enabled=is_main, progress=config.progress, total_steps=total,
         resume_step=start or None,
@@ -283,14 +282,14 @@ def _train(config, workdir: str, lock: workdir_lib.Lock) -> dict[str, Any]:
     ckpt = checkpoint.Checkpointer(ckpt_dir, keep=config.keep_checkpoints,
                                    save_timeout_s=config.checkpoint_timeout_s)
     _closing(cleanup, ckpt.close)  # first: the stack unwinds last-in, first-out
-    writer.message(_summary(config, mesh, source, total, sum(
-        x.size for x in jax.tree.leaves(setup.abstract.params)), start,
+    params = sum(x.size for x in jax.tree.leaves(setup.abstract.params))
+    writer.message(_summary(config, mesh, source, total, params, start,
                             workdir))
-    for note in (history.summary(), removed and (
-        f'removed {len(removed)} unfinished save(s) of an interrupted run: '
-        + ', '.join(map(os.path.basename, removed)))):
-      if note:
-        writer.message(note)
+    if history.notes:
+      writer.message(history.summary())
+    if removed:
+      writer.message('removed the unfinished saves of an interrupted run: '
+                     + ', '.join(map(os.path.basename, removed)))
 
     # 4. train
     ctx = evaluators.EvalContext(config=config, graphdef=setup.graphdef,

@@ -185,8 +185,7 @@ class History:
       os.replace(os.path.join(directory, str(s)), os.path.join(dest, str(s)))
     self.notes.append(f'checkpoint(s) {", ".join(map(str, steps))}')
 
-  def summary(self) -> str | None:
-    if not self.notes:
-      return None
-    return (f'set aside in {os.path.relpath(self.path, self.workdir)}/: '
-            + '; '.join(self.notes))
+  def summary(self) -> str:
+    """What this start set aside (or cleaned up), for the console."""
+    return (f'{os.path.relpath(self.path, self.workdir)}/ holds what this '
+            'start set aside: ' + '; '.join(self.notes))
