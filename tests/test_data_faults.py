@@ -213,3 +213,22 @@ def test_worker_that_exits_quietly_is_reported_not_waited_on(tmp_path):
   assert r['type'] == 'DataWorkerError', r
   assert 'exited while the run still needed it' in r['message']
   assert r['seconds'] < 10 and r['close_seconds'] < 10, r
+
+
+def test_grains_own_report_of_a_killed_worker_gets_the_same_wording(tmp_path):
+  """The race the test above may lose: grain reports the dead worker before
+  we have seen its pid. The message still says how it died and what to do."""
+  from mae_jax.data import workers
+
+  def dead_pipeline():
+    raise RuntimeError('Worker process was terminated unexpectedly with exit '
+                       'code -9. Search the logs above for the reason.')
+    yield  # pylint: disable=unreachable
+
+  pulled = workers.Supervised(dead_pipeline(), workers.WorkerWatch(
+      str(tmp_path), count=2), advice='Lower config.data.worker_count.')
+  with pytest.raises(workers.DataWorkerError,
+                     match=r'a data worker process was killed by signal 9 '
+                     r'\(SIGKILL\).*Lower config.data.worker_count'):
+    pulled.next()
+  pulled.close()

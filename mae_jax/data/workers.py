@@ -15,6 +15,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import queue
+import re
 import signal
 import threading
 import time
@@ -187,9 +188,12 @@ class Supervised:
       if error is None:
         return batch
       what = self._watch.failure(patient=False)
-      # grain's own report, for a worker that died before we saw its pid.
-      if what is None and 'terminated unexpectedly' in str(error):
-        what = f'a data worker process died ({error})'
+      # grain's own report, for a worker that died before we saw its pid:
+      # "Worker process was terminated unexpectedly with exit code -9. ..."
+      code = re.search(r'terminated unexpectedly with exit code (-?\d+)',
+                       str(error))
+      if what is None and code:
+        what = f'a data worker process {_exit_status(int(code.group(1)))}'
       if what:
         raise self._died(what) from error
       raise error
