@@ -171,9 +171,6 @@ class Checkpointer:
     """Completed checkpoints, oldest first."""
     return sorted(self.manager.all_steps())
 
-  def latest_step(self) -> int | None:
-    return self.manager.latest_step()
-
   def _damaged(self, step: int, item: str, what: str,
                hint: Callable[[int], str]) -> CheckpointError:
     others = [s for s in self.steps() if s < step]
@@ -227,9 +224,6 @@ class Checkpointer:
     except Exception as e:  # pylint: disable=broad-except
       raise self._damaged(step, item, f'cannot be read ({short_cause(e)})',
                           hint) from e
-
-  def meta(self, step: int) -> dict:
-    return self.verify(step, lambda k: f'use step {k}')
 
   def check_compatible(self, step: int, config: ml_collections.ConfigDict,
                        abstract_state, saved_config: dict) -> None:
