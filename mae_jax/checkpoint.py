@@ -33,7 +33,8 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from mae_jax.errors import CheckpointError, CheckpointSaveError
+from mae_jax.errors import (CheckpointError, CheckpointSaveError,
+                            describe_os_error)
 
 # Keys that change the parameters' shapes or meaning: a checkpoint trained
 # with other values cannot be continued or loaded as this model.
@@ -103,19 +104,6 @@ def config_diffs(saved: dict, want: dict) -> list[str]:
   return [f'{k}: checkpoint has {a.get(k, "(absent)")!r}, config has '
           f'{b.get(k, "(absent)")!r}' for k in sorted(set(a) | set(b))
           if a.get(k) != b.get(k)]
-
-
-def short_cause(e: BaseException) -> str:
-  """A storage error in a few words: 'No space left on device (errno 28)'."""
-  if isinstance(e, OSError) and e.errno:
-    return f'{os.strerror(e.errno)} (errno {e.errno})'
-  text = str(e)
-  # tensorstore: "... Failed to write ...: No space left on device [os_error_code='28']"
-  m = re.search(r"os_error_code='(\d+)'", text)
-  if m:
-    return f'{os.strerror(int(m.group(1)))} (errno {m.group(1)})'
-  first = (text.strip().splitlines() or [type(e).__name__])[0]
-  return f'{type(e).__name__}: {first[:300]}'
 
 
 def _call_with_timeout(fn: Callable[[], Any], timeout: float | None):
@@ -222,7 +210,7 @@ class Checkpointer:
     try:
       return read()
     except Exception as e:  # pylint: disable=broad-except
-      raise self._damaged(step, item, f'cannot be read ({short_cause(e)})',
+      raise self._damaged(step, item, f'cannot be read ({describe_os_error(e)})',
                           hint) from e
 
   def check_compatible(self, step: int, config: ml_collections.ConfigDict,
@@ -331,7 +319,7 @@ class Checkpointer:
           '(config.checkpoint_timeout_s); the storage may be stalled') from None
     except Exception as e:  # pylint: disable=broad-except
       step, self._pending = self._pending, None
-      raise self._save_error(step, short_cause(e)) from e
+      raise self._save_error(step, describe_os_error(e)) from e
 
   def close(self) -> None:
     try:

@@ -137,13 +137,6 @@ def parse_flags(argv: list[str]) -> list[str]:
     _exit(_describe_flag_error(e, argv), 2)
 
 
-def describe_os_error(e: OSError) -> str:
-  where = f'{e.filename}: ' if getattr(e, 'filename', None) else ''
-  reason = e.strerror or str(e)
-  code = f' (errno {e.errno})' if e.errno else ''
-  return f'{where}{reason}{code}'
-
-
 # Libraries whose failures we report ourselves, as one message with the cause.
 _QUIET_LIBS = tuple(f'{os.sep}{lib}{os.sep}' for lib in ('orbax', 'grain',
                                                         'asyncio'))
@@ -216,7 +209,7 @@ def run(main: Callable[[list[str]], None]) -> None:
       except errors.Error as e:
         _exit(str(e), 1)
       except OSError as e:  # disk full, permissions, a vanished file ...
-        _exit(describe_os_error(e), 1)
+        _exit(errors.describe_os_error(e), 1)
     finally:
       preemption.restore_default_handlers()  # the run is over: not start-up
 

@@ -188,7 +188,7 @@ def validate(c: ml_collections.ConfigDict, num_devices: int | None = None,
 
 def _validate(c, num_devices, process_count, check_files) -> None:
   # Imported here: the model modules import this one's neighbours.
-  from mae_jax.data import sources  # pylint: disable=g-import-not-at-top
+  from mae_jax.data import pipeline, sources  # pylint: disable=g-import-not-at-top
   from mae_jax.models import mae, tokenizers, vit  # pylint: disable=g-import-not-at-top
 
   size = vit.decode_variant(c.model.variant)
@@ -226,10 +226,7 @@ def _validate(c, num_devices, process_count, check_files) -> None:
   targets.get(c.target)
 
   sources.check_config(c.data, check_files)
-  if len(c.data.mean) not in (1, c.model.channels):
-    _fail('data.mean', tuple(c.data.mean),
-          f'needs 1 or {c.model.channels} entries for model.channels='
-          f'{c.model.channels} (and as many in data.std)')
+  pipeline.check_norm(c.data, c.model.channels)
 
   if c.batch_size < 1:
     _fail('batch_size', c.batch_size, 'must be >= 1')
@@ -284,10 +281,14 @@ def _validate(c, num_devices, process_count, check_files) -> None:
   tracking.check_config(c)
 
 
-def open_split(c: ml_collections.ConfigDict, split: str, who: str):
+def open_split(c: ml_collections.ConfigDict, split: str, who: str,
+               opened: dict | None = None):
   """The data source of `split`, or ConfigError saying that `who` reads it
   and why it cannot be opened (a missing folder, split or dataset, none of
-  its files, or no examples)."""
+  its files, or no examples). `opened`: split -> source already opened at
+  this start (a folder of a million files is listed once, not per reader)."""
+  if opened is not None and split in opened:
+    return opened[split]
   from mae_jax import data  # pylint: disable=g-import-not-at-top
   try:
     source = data.open_source(c.data, split, image_size=image_size(c),
@@ -297,4 +298,6 @@ def open_split(c: ml_collections.ConfigDict, split: str, who: str):
   if not len(source):
     raise ConfigError(f'{who} reads split {split!r} of config.data.source='
                       f'{c.data.source!r}, which is empty')
+  if opened is not None:
+    opened[split] = source
   return source

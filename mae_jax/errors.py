@@ -8,6 +8,26 @@ Messages name the key, file, step or argument at fault and what is allowed.
 
 from __future__ import annotations
 
+import os
+import re
+
+
+def describe_os_error(e: BaseException) -> str:
+  """A storage error in a few words: 'No space left on device (errno 28)',
+  with the file when known. Also tensorstore's errors (orbax's arrays), which
+  carry the OS error code in their text."""
+  if isinstance(e, OSError) and e.errno:
+    where = f'{e.filename}: ' if e.filename else ''
+    return f'{where}{os.strerror(e.errno)} (errno {e.errno})'
+  text = str(e)
+  if isinstance(e, OSError) and text:
+    return text  # raised with a message of its own (FileNotFoundError(msg))
+  m = re.search(r"os_error_code='(\d+)'", text)
+  if m:
+    return f'{os.strerror(int(m.group(1)))} (errno {m.group(1)})'
+  first = (text.strip().splitlines() or [type(e).__name__])[0]
+  return f'{type(e).__name__}: {first[:300]}'
+
 
 class Error(Exception):
   """Base of all user-facing errors."""

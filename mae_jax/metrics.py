@@ -15,7 +15,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from mae_jax.errors import WriteError
+from mae_jax.errors import WriteError, describe_os_error
 
 
 def _format_duration(seconds: float) -> str:
@@ -72,9 +72,9 @@ class MetricWriter:
       self._jsonl.write(json.dumps(record, allow_nan=False) + '\n')
       self._jsonl.flush()
     except OSError as e:  # a full disk, a vanished mount
-      raise WriteError(f'cannot write {self._jsonl.name}: {e.strerror or e} '
-                       f'(errno {e.errno}); the checkpoints already saved are '
-                       'intact') from e
+      raise WriteError(f'cannot write {self._jsonl.name}: '
+                       f'{describe_os_error(e)}; the checkpoints already '
+                       'saved are intact') from e
     for k, v in record.items():
       if k != 'step' and isinstance(v, (int, float)):
         self._tb.add_scalar(k, v, step)

@@ -34,6 +34,9 @@ from typing import Any, Mapping, Protocol
 import ml_collections
 import numpy as np
 
+from mae_jax import workdir as workdir_lib
+from mae_jax.errors import ConfigError, Error
+
 STATE_FILE = 'tracking.json'
 _WANDB_MODES = ('online', 'offline')
 
@@ -64,8 +67,6 @@ class Tracker(Protocol):
 
 
 def _fail(key: str, value, allowed: str):
-  # Imported here: config.py imports this module to build its schema.
-  from mae_jax.config import ConfigError  # pylint: disable=g-import-not-at-top
   raise ConfigError(f'config.tracking.{key}={value!r}: {allowed}')
 
 
@@ -128,7 +129,6 @@ def build(config: ml_collections.ConfigDict, workdir: str, *,
       try:
         trackers.append(cls(t[name], workdir, run_config))
       except Exception as e:  # pylint: disable=broad-except
-        from mae_jax.errors import ConfigError, Error  # pylint: disable=g-import-not-at-top
         if isinstance(e, Error):
           raise
         # A bad login or an unreachable server: say so before training.
@@ -148,7 +148,6 @@ def _load_state(workdir: str) -> dict:
       return json.load(f)
   except (OSError, ValueError) as e:
     # Starting new runs silently would split the run's history in two.
-    from mae_jax.config import ConfigError  # pylint: disable=g-import-not-at-top
     raise ConfigError(f'{path}: unreadable ({e}); it holds the tracker run ids '
                       'of this workdir: fix it, or delete it to start new '
                       'tracker runs') from None
@@ -157,10 +156,8 @@ def _load_state(workdir: str) -> dict:
 def _save_state(workdir: str, tracker: str, entry: dict) -> None:
   state = _load_state(workdir)
   state[tracker] = entry
-  path = os.path.join(workdir, STATE_FILE)
-  with open(path + '.tmp', 'w', encoding='utf-8') as f:
-    json.dump(state, f, indent=2, sort_keys=True)
-  os.replace(path + '.tmp', path)  # never a half-written file
+  workdir_lib.write_atomic(os.path.join(workdir, STATE_FILE),
+                           json.dumps(state, indent=2, sort_keys=True))
 
 
 def _scalars(record: Mapping[str, Any]) -> dict[str, int | float]:

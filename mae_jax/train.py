@@ -223,7 +223,7 @@ def _train(config, workdir: str, lock: workdir_lib.Lock) -> dict[str, Any]:
     if is_main and os.path.isdir(workdir):
       lock.acquire()  # before reading checkpoints a live run may be writing
     source = config_lib.open_split(config, config.data.split, 'training')
-    evaluators.check_data(config)
+    evaluators.check_data(config, opened={config.data.split: source})
     total = optim.total_steps(config, len(source))
     lr = optim.schedule(config, len(source))
   tx = optim.optimizer(config, lr)
@@ -249,7 +249,7 @@ def _train(config, workdir: str, lock: workdir_lib.Lock) -> dict[str, Any]:
         config.data, image_size=config_lib.image_size(config),
         channels=config.model.channels, global_batch=config.batch_size,
         seed=config.seed, process_index=jax.process_index(),
-        process_count=jax.process_count())
+        process_count=jax.process_count(), source=source)
     _closing(cleanup, getattr(host_iter, 'close', lambda: None))
     with _agreed():
       if start is None:

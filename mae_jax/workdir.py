@@ -113,7 +113,7 @@ class Lock:
       self._fd = None
 
 
-def _write_atomic(path: str, text: str) -> None:
+def write_atomic(path: str, text: str) -> None:
   """A crash leaves either the old file or the new one, never half of one."""
   tmp = f'{path}.tmp'
   with open(tmp, 'w', encoding='utf-8') as f:
@@ -149,7 +149,7 @@ class History:
         return
       shutil.copy2(path, os.path.join(self._folder(), 'config.json'))
       self.notes.append('the previous config.json')
-    _write_atomic(path, text)
+    write_atomic(path, text)
 
   def rewind_metrics(self) -> None:
     """Keeps metrics.jsonl's records up to the resume step; the later ones
@@ -170,7 +170,7 @@ class History:
       with open(os.path.join(self._folder(), 'metrics.jsonl'), 'a',
                 encoding='utf-8') as f:
         f.writelines(moved)
-      _write_atomic(path, ''.join(keep))
+      write_atomic(path, ''.join(keep))
       self.notes.append(f'{len(moved)} metric record(s) after step '
                         f'{self.step}')
 

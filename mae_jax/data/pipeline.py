@@ -41,7 +41,7 @@ def _hw(image_size) -> tuple[int, int]:
   return tuple(int(s) for s in image_size)
 
 
-def _check_norm(data_cfg, channels: int) -> None:
+def check_norm(data_cfg, channels: int) -> None:
   if len(data_cfg.mean) not in (1, channels):
     raise ValueError(
         f'config.data.mean={tuple(data_cfg.mean)!r}: needs 1 or {channels} '
@@ -326,7 +326,8 @@ class TrainIterator:
 
 def build_train_iterator(data_cfg, *, image_size, channels: int,
                          global_batch: int, seed: int, process_index: int = 0,
-                         process_count: int = 1) -> TrainIterator:
+                         process_count: int = 1,
+                         source: Source | None = None) -> TrainIterator:
   """Endless pretraining batches for this process.
 
   Yields {'image': float32 [b, H, W, C] normalized, 'label': int32 [b],
@@ -337,6 +338,7 @@ def build_train_iterator(data_cfg, *, image_size, channels: int,
   batch k together is exactly the single-process batch k. The batches and
   the state (see TrainIterator) are the same for any data.worker_count and
   data.read_threads. Reading starts at the first next() or start_prefetch().
+  source: data_cfg's split, when the caller has opened it already.
   """
   if global_batch % process_count:
     raise ValueError(f'global batch {global_batch} is not divisible by the '
@@ -345,10 +347,11 @@ def build_train_iterator(data_cfg, *, image_size, channels: int,
     raise ValueError(f'process_index={process_index} not in '
                      f'[0, {process_count})')
   d = data_cfg
-  _check_norm(d, channels)
+  check_norm(d, channels)
   size = _hw(image_size)
   b = global_batch // process_count
-  source = open_source(d, d.split, image_size=size, channels=channels)
+  if source is None:
+    source = open_source(d, d.split, image_size=size, channels=channels)
 
   ds = grain.MapDataset.range(len(source))
   ds = ds.map(_LoadGood(_Load(source, channels), d.skip_bad_records))
@@ -417,7 +420,7 @@ def eval_batches(data_cfg, split: str, *, image_size, channels: int,
   if batch_size < 1:
     raise ValueError(f'eval batch_size={batch_size}: must be >= 1')
   d = data_cfg
-  _check_norm(d, channels)
+  check_norm(d, channels)
   size = _hw(image_size)
   source = open_source(d, split, image_size=size, channels=channels)
   n = len(source) if max_examples <= 0 else min(max_examples, len(source))

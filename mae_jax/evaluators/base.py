@@ -65,9 +65,10 @@ class Evaluator:
     self.every_steps = cfg.every_steps
 
   @classmethod
-  def check_data(cls, config: ml_collections.ConfigDict) -> None:
-    """Opens what run() will read; ConfigError if it cannot. Called before a
-    run writes anything, so a missing split is found before training."""
+  def check_data(cls, config: ml_collections.ConfigDict, opened: dict) -> None:
+    """Opens what run() will read (through config.open_split with `opened`);
+    ConfigError if it cannot. Called before a run writes anything, so a
+    missing split is found before training."""
 
   def run(self, params, step: int) -> dict[str, float]:
     raise NotImplementedError
@@ -78,13 +79,13 @@ class FeatureEvaluator(Evaluator):
   of the random-init encoder: {name}/accuracy, {name}/random_init_accuracy."""
 
   @classmethod
-  def check_data(cls, config: ml_collections.ConfigDict) -> None:
+  def check_data(cls, config: ml_collections.ConfigDict, opened: dict) -> None:
     who = f'evaluator {cls.name}'
     if not config.data.eval_split:
       raise ConfigError(f'{who} needs config.data.eval_split (a labelled test '
                         'split); it is empty')
-    open_split(config, config.data.split, who)
-    test = open_split(config, config.data.eval_split, who)
+    open_split(config, config.data.split, who, opened)
+    test = open_split(config, config.data.eval_split, who, opened)
     if test.num_classes == 0:
       raise ConfigError(f'{who} needs labels, but split '
                         f'{config.data.eval_split!r} of config.data.source='
@@ -155,10 +156,13 @@ def selected(config: ml_collections.ConfigDict,
 
 
 def check_data(config: ml_collections.ConfigDict,
-               names: list[str] | None = None) -> None:
-  """Every selected evaluator's data opens (ConfigError otherwise)."""
+               names: list[str] | None = None,
+               opened: dict | None = None) -> None:
+  """Every selected evaluator's data opens (ConfigError otherwise); each
+  split is opened once. opened: split -> source the caller already has."""
+  opened = {} if opened is None else opened
   for name in selected(config, names):
-    EVALUATORS[name].check_data(config)
+    EVALUATORS[name].check_data(config, opened)
 
 
 def build(ctx: EvalContext, names: list[str] | None = None) -> list[Evaluator]:

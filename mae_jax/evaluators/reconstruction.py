@@ -70,9 +70,9 @@ class Reconstruction(Evaluator):
                        f'{cfg.num_images}: must be >= 1')
 
   @classmethod
-  def check_data(cls, config) -> None:
+  def check_data(cls, config, opened: dict) -> None:
     open_split(config, config.data.eval_split or config.data.split,
-               'evaluator reconstruction')
+               'evaluator reconstruction', opened)
 
   def __init__(self, ctx, cfg):
     super().__init__(ctx, cfg)
