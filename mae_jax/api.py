@@ -96,21 +96,23 @@ class Pretrained:
     return nnx.merge(self.graphdef, self.params)
 
   def _prepare(self, images) -> tuple[np.ndarray, bool, bool]:
-    """-> (float32 [N, H, W, C] normalized, was uint8, was one image)."""
+    """-> (float32 [N, *input_shape] normalized, was uint8, was one
+    example). input_shape: [H, W, C] for images, [T, H, W, C] for clips."""
     x = np.asarray(images)
     c = self.config
-    want = (*config_lib.image_size(c), c.model.channels)
+    want = config_lib.input_shape(c)
     gray = c.model.channels == 1
-    single = x.shape == want or (gray and x.shape == want[:2])
+    single = x.shape == want or (gray and x.shape == want[:-1])
     if single:
       x = x[None]
-    if gray and x.ndim == 3:
+    if gray and x.ndim == len(want):
       x = x[..., None]
-    if x.ndim != 4 or tuple(x.shape[1:]) != want or not len(x):
+    if x.ndim != 1 + len(want) or tuple(x.shape[1:]) != want or not len(x):
       dims = ', '.join(map(str, want))
+      what = 'clip' if c.model.frames else 'image'
       also = ', or either without the channel axis' if gray else ''
       raise ValueError(f'images: shape {np.shape(images)}; this model takes a '
-                       f'batch [N, {dims}] (N >= 1) or one image [{dims}]'
+                       f'batch [N, {dims}] (N >= 1) or one {what} [{dims}]'
                        f'{also}')
     if x.dtype == np.uint8:
       return transforms.normalize(x, c.data.mean, c.data.std), True, single
@@ -120,7 +122,8 @@ class Pretrained:
     return x.astype(np.float32), False, single
 
   def encode(self, images, pool: str = 'mean') -> np.ndarray:
-    """[N, H, W, C] -> pooled encoder features [N, D] (all patches visible)."""
+    """[N, H, W, C] images or [N, T, H, W, C] clips -> pooled encoder
+    features [N, D] (all patches visible)."""
     if pool not in POOLS:
       raise ValueError(f'pool={pool!r}: allowed {POOLS}')
     x, _, single = self._prepare(images)
@@ -133,8 +136,8 @@ class Pretrained:
 
   def reconstruct(self, images, rng: int | jax.Array = 0
                   ) -> tuple[np.ndarray, np.ndarray]:
-    """-> (reconstruction like `images`, mask [N, H, W] with 1 = masked;
-    [H, W] for one image).
+    """-> (reconstruction like `images`, mask [N, H, W] ([N, T, H, W] for
+    clips) with 1 = masked; without N for one example).
 
     rng: an int seed or a jax PRNG key (jax.random.key); it picks the mask.
     """

@@ -130,7 +130,7 @@ def time_input_pipeline(config, batches: int) -> dict:
   it = data.build_train_iterator(
       config.data, image_size=config_lib.image_size(config),
       channels=config.model.channels, global_batch=config.batch_size,
-      seed=config.seed)
+      seed=config.seed, frames=config.model.frames)
   try:
     next(it)  # start-up (threads, workers, first decode) is not throughput
     t = time.perf_counter()

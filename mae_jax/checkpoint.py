@@ -39,7 +39,10 @@ from mae_jax.errors import (CheckpointError, CheckpointSaveError,
 # Keys that change the parameters' shapes or meaning: a checkpoint trained
 # with other values cannot be continued or loaded as this model.
 ARCHITECTURE_KEYS = ('model.variant', 'model.decoder', 'model.image_size',
-                     'model.channels', 'model.cls_token')
+                     'model.frames', 'model.channels', 'model.cls_token',
+                     'model.pos_embed')
+# Architecture keys added later, with the value older checkpoints were made with.
+_BEFORE_KEY = {'model.frames': 0, 'model.pos_embed': 'sincos'}
 ITEMS = ('state', 'data', 'meta')
 UNFINISHED = '.orbax-checkpoint-tmp'  # orbax's suffix for saves in progress
 
@@ -73,6 +76,8 @@ class _SavedIteratorState:
 
 def _lookup(tree: dict, dotted: str):
   for k in dotted.split('.'):
+    if k not in tree and dotted in _BEFORE_KEY:
+      return _BEFORE_KEY[dotted]
     tree = tree[k]
   return tree
 

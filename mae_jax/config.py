@@ -26,7 +26,14 @@ def base_config() -> ml_collections.ConfigDict:
       # int (square) or (H, W); any type on the command line:
       # --config.model.image_size=224 or --config.model.image_size='(224,160)'
       image_size=config_dict.FieldReference(32, field_type=object),
+      frames=0,             # 0: images [H, W, C]; T > 0: clips [T, H, W, C]
+                            # (patch "<t>x<h>x<w>", e.g. variant 'B/2x16x16')
       channels=3,
+      # Position embedding of encoder and decoder (models/position.py):
+      # sincos (separable over the grid axes), sincos_flat (VideoMAE: one
+      # 1-D table over the flat token index), learned_separable (MAE-ST:
+      # learned space + time tables, and one for the cls token).
+      pos_embed='sincos',
       cls_token=True,
       dtype='float32',      # compute dtype: float32 or bfloat16 (params stay fp32)
       attention='',         # '' = best for the backend, 'xla', or 'cudnn'
@@ -34,19 +41,42 @@ def base_config() -> ml_collections.ConfigDict:
       remat_names=('attn_qkv', 'mlp_hidden'),  # kept activations for remat=names
       scan_unroll=1,        # blocks per scan iteration (1 = fully rolled)
   ))
-  c.masking = ml_collections.ConfigDict(dict(name='random', ratio=0.75))
-  c.target = 'norm_pixels'  # pixels | norm_pixels (MAE's norm_pix_loss)
+  # Masking strategies (masking.py): random | tube | frame | dual |
+  # motion | adaptive. ratio: fraction of tokens the encoder does not see.
+  c.masking = ml_collections.ConfigDict(dict(
+      name='random', ratio=0.75,
+      decoder_ratio=0.5,    # dual: fraction the decoder drops (running cell)
+      motion_radius=1,      # motion: block-matching search radius, in tokens
+      sampler_weight=1e-4,  # adaptive: weight of the sampler's loss term
+  ))
+  # pixels | norm_pixels (MAE's norm_pix_loss) | norm_pixels_channel
+  # (VideoMAE: per patch and per channel, unbiased std)
+  c.target = 'norm_pixels'
 
   c.data = ml_collections.ConfigDict(dict(
       source='synthetic',   # mnist | digits | synthetic | folder | array_record | tfds
+                            # | moving_digits | video_files (clips: model.frames > 0)
       split='train',        # pretraining split
       eval_split='test',    # split the evaluators test on ('' = none)
-      path='',              # folder: a directory; array_record: a glob, '{split}' is replaced
+      path='',              # folder: a directory; array_record: a glob; video_files: a
+                            # manifest CSV of "path[,label]" lines; '{split}' is replaced
       tfds_name='',         # tfds: dataset name, e.g. 'imagenet2012'
       tfds_data_dir='',     # tfds: its data_dir ('' = TFDS default)
-      record_format='example',  # array_record: 'example' (tf.train.Example) | 'image_bytes'
+      record_format='example',  # array_record: 'example' (tf.train.Example) |
+                                # 'image_bytes' | 'clip' (decoded frames, written by
+                                # python -m mae_jax.data.video_prepare)
       image_key='image',    # feature names inside records
-      label_key='label',
+      label_key='label',    # moving_digits: 'label' (= digit) or 'direction'
+      # Clips (model.frames > 0): frames are taken every `frame_stride`
+      # frames of the video from a random start (the centre in evaluation);
+      # each decoded video gives `clips_per_video` clips (repeated sampling,
+      # MAE-ST), each with its own crop and start.
+      frame_stride=4,
+      clips_per_video=1,
+      video_root='',        # manifest paths are relative to this ('' = the
+                            # manifest's folder)
+      moving_digits=dict(videos=2000, video_frames=16, size=32, digit_size=14,
+                         speed=(1.0, 2.5)),  # the synthetic clip source
       synthetic_examples=1024,  # size of the synthetic source
       crop_scale=(0.2, 1.0),    # random resized crop area range (MAE: 0.2-1.0)
       crop_ratio=(3 / 4, 4 / 3),
@@ -92,6 +122,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.resume_step = 0       # 0: resume from the latest checkpoint; K: from step K
                           # (the later ones move to <workdir>/history/)
+  c.init_from = ''        # a new run starts from the parameters of this
+                          # checkpoint (a workdir, its checkpoints/ or one step
+                          # dir; e.g. from `python -m mae_jax.convert`): step,
+                          # optimizer and data start fresh. A checkpoint in
+                          # the workdir itself takes precedence (resume).
   c.checkpoint_timeout_s = 3600.0  # a save still unfinished after this stops
                                    # the run with an error (0 = wait forever)
   c.peer_timeout_s = 600.0  # multi-process: every process must reach each
@@ -167,9 +202,17 @@ def _check_image_size(value) -> None:
           "(H, W) pair, e.g. --config.model.image_size='(224,160)'")
 
 
+def spatial_shape(c) -> tuple[int, ...]:
+  """The axes the patches tile: (H, W) for images, (T, H, W) for clips."""
+  frames = (c.model.frames,) if c.model.frames else ()
+  return (*frames, *image_size(c))
+
+
 def input_shape(c) -> tuple[int, ...]:
-  """One example as the model sees it, e.g. (H, W, C); a batch is (B, *this)."""
-  return (*image_size(c), c.model.channels)
+  """One example as the model sees it: (H, W, C) for images, (T, H, W, C)
+  for clips; a batch is (B, *this). The model, data, planner, bench, API and
+  pictures all read the input's shape from here."""
+  return (*spatial_shape(c), c.model.channels)
 
 
 def validate(c: ml_collections.ConfigDict, num_devices: int | None = None,
@@ -194,19 +237,31 @@ def _validate(c, num_devices, process_count, check_files) -> None:
   size = vit.decode_variant(c.model.variant)
   dec = mae.decode_decoder(c.model.decoder)
   _check_image_size(c.model.image_size)
-  hw = image_size(c)
-  if len(hw) != len(size.patch) or any(s % p for s, p in zip(hw, size.patch)):
-    _fail('model.image_size', c.model.image_size,
-          f'must be divisible by the patch {size.patch} of '
+  if not isinstance(c.model.frames, int) or c.model.frames < 0:
+    _fail('model.frames', c.model.frames, 'must be 0 (images) or the number '
+          'of frames T > 0 of a clip')
+  spatial = spatial_shape(c)
+  if len(spatial) != len(size.patch):
+    what = (f'clips of model.frames={c.model.frames} need a 3-D tubelet, e.g. '
+            f'"{c.model.variant.split("/")[0]}/2x16x16"' if c.model.frames else
+            'images (model.frames=0) need a 2-D patch, e.g. "B/16", or set '
+            'model.frames for clips')
+    _fail('model.variant', c.model.variant, what)
+  if any(s % p for s, p in zip(spatial, size.patch)):
+    key = 'model.frames' if spatial[0] % size.patch[0] and c.model.frames else 'model.image_size'
+    _fail(key, c.model[key.split('.')[1]],
+          f'input {spatial} must be divisible by the patch {size.patch} of '
           f'model.variant={c.model.variant!r}')
   if c.model.channels < 1:
     _fail('model.channels', c.model.channels, 'must be >= 1')
-  grid = tokenizers.grid_shape(hw, size.patch)
+  grid = tokenizers.grid_shape(spatial, size.patch)
+  from mae_jax.models import position  # pylint: disable=g-import-not-at-top
+  position.get(c.model.pos_embed)
   for key, width in (('model.variant', size.width), ('model.decoder', dec.width)):
-    if width % (2 * len(grid)):
-      _fail(key, getattr(c.model, key.split('.')[1]),
-            f'width {width} must be divisible by {2 * len(grid)} for sin-cos '
-            'position embeddings')
+    try:
+      position.check(c.model.pos_embed, grid, width)
+    except ValueError as e:
+      _fail(key, getattr(c.model, key.split('.')[1]), str(e))
   if c.model.dtype not in _DTYPES:
     _fail('model.dtype', c.model.dtype, f'allowed {_DTYPES}')
   if c.model.attention not in _ATTENTION:
@@ -215,14 +270,16 @@ def _validate(c, num_devices, process_count, check_files) -> None:
   if c.model.scan_unroll < 1:
     _fail('model.scan_unroll', c.model.scan_unroll, 'must be >= 1')
 
-  masking.get(c.masking.name)
+  strategy = masking.get(c.masking.name)
   ratio = c.masking.ratio
   if not 0.0 < ratio < 1.0:
     _fail('masking.ratio', ratio, 'must be in the open interval (0, 1)')
-  kept = masking.num_kept(math.prod(grid), ratio)
+  strategy.check(grid, masking.options(c.masking))
+  kept = strategy.kept(grid, ratio)
   if kept < 1:
-    _fail('masking.ratio', ratio, f'keeps {kept} of {math.prod(grid)} patches; '
-          'at least one must stay visible')
+    _fail('masking.ratio', ratio, f'keeps {kept} of {math.prod(grid)} patches '
+          f'with masking.name={c.masking.name!r}; at least one must stay '
+          'visible')
   targets.get(c.target)
 
   sources.check_config(c.data, check_files)
@@ -233,6 +290,7 @@ def _validate(c, num_devices, process_count, check_files) -> None:
   if c.batch_size % process_count:
     _fail('batch_size', c.batch_size,
           f'must be divisible by the number of processes ({process_count})')
+  pipeline.check_clips(c.data, c.model.frames, c.batch_size // process_count)
   if c.grad_accum_steps < 1 or c.batch_size % c.grad_accum_steps:
     _fail('grad_accum_steps', c.grad_accum_steps,
           f'must be >= 1 and divide batch_size={c.batch_size}')
@@ -292,7 +350,8 @@ def open_split(c: ml_collections.ConfigDict, split: str, who: str,
   from mae_jax import data  # pylint: disable=g-import-not-at-top
   try:
     source = data.open_source(c.data, split, image_size=image_size(c),
-                              channels=c.model.channels)
+                              channels=c.model.channels,
+                              frames=c.model.frames)
   except (ValueError, OSError) as e:
     raise ConfigError(f'{who} reads split {split!r}: {e}') from None
   if not len(source):

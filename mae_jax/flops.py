@@ -11,9 +11,10 @@ For reference, ViT-B/16 at 224 on all 197 tokens is 35.1 GFLOPs here; the
 usually quoted "17.6 GFLOPs" is the same work counted in multiply-adds
 (fvcore's convention).
 
-Shapes: L patches, K = masking.num_kept(L, ratio) visible patches, n_cls = 1
-with model.cls_token, D / E encoder / decoder width, M MLP width, P values per
-patch (prod(patch) x channels).
+Shapes: L patches, K visible patches (the masking strategy's static count),
+R the tokens the decoder predicts (L; dual masking: the running cell's
+L (1 - decoder_ratio)), n_cls = 1 with model.cls_token, D / E encoder /
+decoder width, M MLP width, P values per patch (prod(patch) x channels).
 """
 
 from __future__ import annotations
@@ -47,9 +48,16 @@ def _shapes(config: ml_collections.ConfigDict) -> dict:
       s % p for s, p in zip(spatial, enc.patch)):
     raise ValueError(f'config.model.variant={config.model.variant!r}: patch '
                      f'{enc.patch} does not tile the input {tuple(spatial)}')
-  length = math.prod(s // p for s, p in zip(spatial, enc.patch))
+  grid = tuple(s // p for s, p in zip(spatial, enc.patch))
+  length = math.prod(grid)
+  strategy = masking.get(config.masking.name)
+  predicted = length
+  if strategy.name == 'dual':
+    predicted = masking.running_cell_ids(grid, config.masking.decoder_ratio
+                                         ).shape[1]
   return dict(enc=enc, dec=dec, length=length,
-              kept=masking.num_kept(length, config.masking.ratio),
+              kept=strategy.kept(grid, config.masking.ratio),
+              predicted=predicted, sampler='sampler' in strategy.needs,
               n_cls=1 if config.model.cls_token else 0,
               patch_dim=math.prod(enc.patch) * channels)
 
@@ -60,25 +68,37 @@ def train_flops(config: ml_collections.ConfigDict) -> dict[str, int]:
 
   patch_embed: on the K kept patches only (the model gathers, then embeds).
   encoder: its blocks on K (+1 cls) tokens.
-  decoder: decoder_embed on K (+1) tokens, then its blocks on L (+1) tokens.
-  head: the pixel prediction on all L (+1) tokens (the cls row is dropped after).
+  decoder: decoder_embed on K (+1) tokens, then its blocks on L (+1) tokens
+    (dual masking: K + R (+1)).
+  head: the pixel prediction on the L (+1) tokens (the cls row is dropped
+    after; dual masking: on the R predicted tokens only).
+  sampler: adaptive masking's network (patch embedding and one block on all
+    L tokens, a linear layer), run twice (to sample, and for its loss).
   attention: the QK^T and AV part of encoder + decoder (already inside them).
   Also `encoder_tokens`, `decoder_tokens` (sequence lengths).
   """
   s = _shapes(config)
   enc, dec, n_cls = s['enc'], s['dec'], s['n_cls']
-  t_enc, t_dec = s['kept'] + n_cls, s['length'] + n_cls
+  dual = s['predicted'] != s['length']
+  t_enc = s['kept'] + n_cls
+  t_dec = (s['kept'] + s['predicted'] if dual else s['length']) + n_cls
   enc_block, enc_attn = block_flops(t_enc, enc.width, enc.mlp_dim)
   dec_block, dec_attn = block_flops(t_dec, dec.width, dec.mlp_dim)
+  sampler = 0
+  if s['sampler']:
+    sampler = 2 * (2 * s['length'] * s['patch_dim'] * enc.width
+                   + block_flops(s['length'], enc.width, 4 * enc.width)[0]
+                   + 2 * s['length'] * enc.width)
   out = dict(
       patch_embed=2 * s['kept'] * s['patch_dim'] * enc.width,
       encoder=enc.depth * enc_block,
       decoder=2 * t_enc * enc.width * dec.width + dec.depth * dec_block,
-      head=2 * t_dec * dec.width * s['patch_dim'],
+      head=2 * (s['predicted'] if dual else t_dec) * dec.width * s['patch_dim'],
+      sampler=sampler,
       attention=enc.depth * enc_attn + dec.depth * dec_attn,
   )
   out['forward'] = (out['patch_embed'] + out['encoder'] + out['decoder']
-                    + out['head'])
+                    + out['head'] + out['sampler'])
   out['per_step'] = 3 * out['forward'] * config.batch_size
   out['encoder_tokens'], out['decoder_tokens'] = t_enc, t_dec
   return out
@@ -122,7 +142,7 @@ def xla_counted_flops(config: ml_collections.ConfigDict) -> int:
   s = _shapes(config)
   enc, dec = s['enc'], s['dec']
   decoder_embed = 2 * f['encoder_tokens'] * enc.width * dec.width
-  outside = f['patch_embed'] + decoder_embed + f['head']
+  outside = f['patch_embed'] + decoder_embed + f['head'] + f['sampler']
   n_enc, n_dec = (_counted_blocks(config, enc.depth),
                   _counted_blocks(config, dec.depth))
   blocks = (f['encoder'] * n_enc // enc.depth

@@ -17,8 +17,11 @@ from mae_jax.errors import ConfigError
 
 
 def steps_per_epoch(config: ml_collections.ConfigDict, num_examples: int) -> int:
-  """Full batches per pass over the training split (the last partial is dropped)."""
-  return max(1, num_examples // config.batch_size)
+  """Full batches per pass over the training split (the last partial is
+  dropped). With clips, a pass reads every video once, and each video gives
+  data.clips_per_video of the batch's clips (repeated sampling, MAE-ST)."""
+  per_video = config.data.clips_per_video if config.model.frames else 1
+  return max(1, num_examples * per_video // config.batch_size)
 
 
 def total_steps(config: ml_collections.ConfigDict, num_examples: int) -> int:

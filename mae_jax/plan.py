@@ -52,7 +52,7 @@ _ACCELERATOR_TYPE = {'v3': 'v3-8', 'v4': 'v4-8', 'v5e': 'v5litepod-8',
                      'v5p': 'v5p-8', 'v6e': 'v6e-8'}
 # Sources whose size is known without touching files (the rest may be
 # terabytes on a bucket, or absent on the machine that plans).
-_IN_MEMORY_SOURCES = ('synthetic', 'mnist', 'digits')
+_IN_MEMORY_SOURCES = ('synthetic', 'mnist', 'digits', 'moving_digits')
 
 
 class PlanError(ValueError):
@@ -129,7 +129,8 @@ def _schedule(config):
   if config.data.source in _IN_MEMORY_SOURCES:
     n, _ = data.source_info(config.data, config.data.split,
                             image_size=config_lib.image_size(config),
-                            channels=config.model.channels)
+                            channels=config.model.channels,
+                            frames=config.model.frames)
     try:
       return optim.schedule(config, n), f'warmup + cosine ({n} examples)'
     except ValueError as e:  # warmup longer than the run

@@ -29,12 +29,30 @@ class TrainState:
   opt_state: Any
 
 
-def mae_loss(params, graphdef, images: jax.Array, mask: masking.Mask,
-             target: str) -> jax.Array:
-  """images: [B, *S, C] -> scalar loss on the masked patches."""
-  model = nnx.merge(graphdef, params)
+def loss_terms(model: mae.MAE, images: jax.Array, mask: masking.Mask,
+               target: str) -> dict[str, jax.Array]:
+  """images: [B, *S, C] -> named scalar loss terms; the loss is their sum.
+
+  'reconstruction': the mean over the tokens the encoder did not see (and
+  the decoder predicted) of the per-token squared error to the target; a
+  masking strategy may add its own terms (adaptive masking: 'sampler').
+  """
   pred, patches = model(images, mask)
-  return targets.masked_mse(pred, targets.get(target)(patches), mask.mask)
+  error, weight = targets.token_error(
+      pred, targets.get(target)(patches, model.channels), mask)
+  terms = {'reconstruction': jnp.sum(error * weight) / jnp.sum(weight)}
+  strategy = model.strategy
+  if strategy.loss is not None:
+    terms.update(strategy.loss(model, patches, mask, error, weight,
+                               model.mask_options))
+  return terms
+
+
+def mae_loss(params, graphdef, images: jax.Array, mask: masking.Mask,
+             target: str) -> tuple[jax.Array, dict]:
+  """images: [B, *S, C] -> (scalar loss, its named terms)."""
+  terms = loss_terms(nnx.merge(graphdef, params), images, mask, target)
+  return sum(terms.values()), terms
 
 
 def _micro_batches(tree, k: int):
@@ -57,30 +75,36 @@ def make_train_step(graphdef, tx: optax.GradientTransformation,
   (lax.scan, gradients summed in float32): the same update as one big batch,
   in 1/k of the activation memory.
   """
-  grad_fn = jax.value_and_grad(mae_loss)
+  grad_fn = jax.value_and_grad(mae_loss, has_aux=True)
 
   def train_step(state: TrainState, batch: dict, rng: jax.Array):
     # One key per step, independent of restarts: same step, same masks.
     rng = jax.random.fold_in(rng, state.step)
     images = batch['image']
-    mask = nnx.merge(graphdef, state.params).sample_mask(rng, images.shape[0])
+    mask = nnx.merge(graphdef, state.params).sample_mask(rng, images)
     if grad_accum_steps == 1:
-      loss, grads = grad_fn(state.params, graphdef, images, mask, target)
+      (loss, terms), grads = grad_fn(state.params, graphdef, images, mask,
+                                     target)
     else:
       def accumulate(carry, micro):
-        loss, grads = grad_fn(state.params, graphdef, *micro, target)
-        return jax.tree.map(jnp.add, carry, (loss, grads)), None
+        (loss, terms), grads = grad_fn(state.params, graphdef, *micro, target)
+        return jax.tree.map(jnp.add, carry, (loss, terms, grads)), None
 
-      zeros = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, state.params))
-      (loss, grads), _ = jax.lax.scan(
+      (loss, terms), grads = jax.eval_shape(
+          lambda p, x, m: grad_fn(p, graphdef, x, m, target),
+          state.params, images, mask)
+      zeros = jax.tree.map(jnp.zeros_like, (loss, terms, grads))
+      (loss, terms, grads), _ = jax.lax.scan(
           accumulate, zeros, _micro_batches((images, mask), grad_accum_steps))
       # Every example masks the same number of patches, so the mean of the
       # micro-batch losses is the full-batch loss.
-      loss, grads = jax.tree.map(lambda x: x / grad_accum_steps, (loss, grads))
+      loss, terms, grads = jax.tree.map(lambda x: x / grad_accum_steps,
+                                        (loss, terms, grads))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {'loss': loss, 'grad_norm': optax.tree.norm(grads),
-               'learning_rate': lr(state.step)}
+               'learning_rate': lr(state.step),
+               **{f'loss/{name}': value for name, value in terms.items()}}
     return TrainState(state.step + 1, params, opt_state), metrics
 
   return train_step

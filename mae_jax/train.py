@@ -181,6 +181,38 @@ def _resume_point(config, reader: checkpoint.Checkpointer | None,
   return step
 
 
+class _InitFrom:
+  """config.init_from: a checkpoint whose parameters start a new run.
+  Checked when made (phase 1), restored by restore() (phase 2)."""
+
+  def __init__(self, config, setup: step_lib.StateSetup):
+    from mae_jax import api  # pylint: disable=g-import-not-at-top
+    try:
+      root, self.step = api.resolve(config.init_from)
+    except FileNotFoundError as e:
+      raise errors.ConfigError(f'config.init_from={config.init_from!r}: '
+                               f'{e}') from None
+    self.setup = setup
+    self.reader = checkpoint.Checkpointer(root, read_only=True)
+    hint = lambda k: f'point config.init_from at step {k}: {root}/{k}'
+    self.hint = hint
+    meta = self.reader.verify(self.step, hint)
+    self.reader.check_compatible(self.step, config, setup.abstract,
+                                 meta['config'])
+
+  def restore(self, tx) -> step_lib.TrainState:
+    """Its parameters, step 0 and a fresh optimizer state."""
+    try:
+      params = self.reader.restore(self.step, self.setup.abstract,
+                                   hint=self.hint).params
+    finally:
+      self.reader.close()
+    fresh = jax.jit(lambda p: step_lib.TrainState(
+        jnp.zeros((), jnp.int32), p, tx.init(p)),
+                    out_shardings=self.setup.shardings)
+    return fresh(params)
+
+
 def _summary(config, mesh, source, total: int, params: int, start: int,
              workdir: str) -> str:
   spe = optim.steps_per_epoch(config, len(source))
@@ -196,8 +228,10 @@ def _summary(config, mesh, source, total: int, params: int, start: int,
       f'{config.batch_size} ({config.batch_size // jax.process_count()} per '
       f'process), {spe:,} steps per epoch',
       f'schedule  {total:,} steps ({total / spe:.2f} epochs)',
-      f'workdir   {workdir}: ' + (f'resuming at step {start}' if start
-                                  else 'starting at step 0')))
+      f'workdir   {workdir}: ' + (
+          f'resuming at step {start}' if start else 'starting at step 0' + (
+              f' from the parameters of {config.init_from}'
+              if config.init_from else ''))))
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -243,16 +277,21 @@ def _train(config, workdir: str, lock: workdir_lib.Lock) -> dict[str, Any]:
       if start is not None:
         meta = reader.verify(start, _resume_hint)
         reader.check_compatible(start, config, setup.abstract, meta['config'])
+      init_from = (_InitFrom(config, setup) if start is None
+                   and config.init_from else None)
 
     # 2. restore or initialize
     host_iter = data.build_train_iterator(
         config.data, image_size=config_lib.image_size(config),
         channels=config.model.channels, global_batch=config.batch_size,
         seed=config.seed, process_index=jax.process_index(),
-        process_count=jax.process_count(), source=source)
+        process_count=jax.process_count(), source=source,
+        frames=config.model.frames)
     _closing(cleanup, getattr(host_iter, 'close', lambda: None))
     with _agreed():
-      if start is None:
+      if init_from is not None:
+        state = init_from.restore(tx)
+      elif start is None:
         state = setup.init(init_key)
       else:
         state = reader.restore(start, setup.abstract, host_iter, _resume_hint)

@@ -8,7 +8,8 @@ from mae_jax import masking
 
 
 def _mask(seed=0, batch=4, grid=(14, 14), ratio=0.75):
-  return masking.get('random')(jax.random.key(seed), batch, grid, ratio)
+  return masking.get('random').sample(jax.random.key(seed), batch, grid,
+                                      masking.Options(ratio))
 
 
 @pytest.mark.parametrize('grid,ratio,kept', [((14, 14), 0.75, 49),
@@ -49,7 +50,8 @@ def test_independent_across_examples_and_keys():
   rows = {tuple(np.sort(np.asarray(r))) for r in m.ids_keep}
   assert len(rows) == 8
   step_keys = [jax.random.fold_in(jax.random.key(0), s) for s in range(2)]
-  a, b = (masking.random_masking(k, 4, (14, 14), 0.75) for k in step_keys)
+  a, b = (masking.random_masking(k, 4, (14, 14), masking.Options(0.75))
+          for k in step_keys)
   assert not np.array_equal(np.asarray(a.mask), np.asarray(b.mask))
 
 
@@ -65,10 +67,11 @@ def test_every_position_equally_likely():
 
 
 def test_jits_with_static_shapes():
-  fn = jax.jit(lambda k: masking.random_masking(k, 2, (4, 4), 0.75).mask)
+  fn = jax.jit(lambda k: masking.random_masking(k, 2, (4, 4),
+                                                masking.Options(0.75)).mask)
   assert fn(jax.random.key(0)).shape == (2, 16)
 
 
 def test_unknown_strategy_names_the_choices():
-  with pytest.raises(ValueError, match=r"masking.name='tube'.*random"):
-    masking.get('tube')
+  with pytest.raises(ValueError, match=r"masking.name='blocks'.*random"):
+    masking.get('blocks')

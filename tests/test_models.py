@@ -151,7 +151,7 @@ def _tiny(**kw):
 def test_forward_shapes_and_visible_only_encoder():
   model = _tiny()
   x = jax.random.normal(jax.random.key(0), (3, 16, 16, 3))
-  mask = model.sample_mask(jax.random.key(1), 3)
+  mask = model.sample_mask(jax.random.key(1), x)
   pred, patches = nnx.jit(lambda m, x, mask: m(x, mask))(model, x, mask)
   assert pred.shape == patches.shape == (3, 16, 48)
   assert pred.dtype == jnp.float32
@@ -164,7 +164,7 @@ def test_forward_shapes_and_visible_only_encoder():
 def test_no_cls_token_variant():
   model = _tiny(cls_token=False)
   x = jnp.ones((2, 16, 16, 3))
-  mask = model.sample_mask(jax.random.key(0), 2)
+  mask = model.sample_mask(jax.random.key(0), x)
   pred, _ = nnx.jit(lambda m, x, mask: m(x, mask))(model, x, mask)
   assert pred.shape == (2, 16, 48)
   assert model.cls_token is None
@@ -182,7 +182,7 @@ def _loss_and_grads(model_kwargs):
 
   def loss(p):
     model = nnx.merge(graphdef, p)
-    mask = model.sample_mask(jax.random.key(1), 2)
+    mask = model.sample_mask(jax.random.key(1), x)
     pred, patches = model(x, mask)
     return jnp.mean(jnp.square(pred - patches) * mask.mask[..., None])
 

