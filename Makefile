@@ -14,7 +14,8 @@ PYENV_312 = $(shell v=$$(pyenv versions --bare 2>/dev/null | grep -E '^3\.12(\.[
 BASE_PYTHON := $(if $(call PY_OK,$(PYTHON)),$(PYTHON),$(PYENV_312))
 VPY := $(VENV)/bin/python
 
-.PHONY: demo test env clean-demo
+.PHONY: demo video-demo test env clean-demo
+VIDEO_WORKDIR ?= workdirs/video_demo
 env: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml setup.py
@@ -28,8 +29,13 @@ $(VENV)/.installed: pyproject.toml setup.py
 demo: env
 	$(VPY) -m mae_jax.main --config=configs/demo.py --workdir=$(WORKDIR)
 
+# Pretraining on moving digits, then the probes for the motion direction too.
+video-demo: env
+	$(VPY) -m mae_jax.main --config=configs/video_demo.py --workdir=$(VIDEO_WORKDIR)
+	$(VPY) -m mae_jax.evaluate --workdir=$(VIDEO_WORKDIR) --evals=linear_probe,knn --label_key=direction
+
 test: env
 	$(VPY) -m pytest -q $(PYTEST_ARGS) tests
 
 clean-demo:
-	rm -rf $(WORKDIR)
+	rm -rf $(WORKDIR) $(VIDEO_WORKDIR)
