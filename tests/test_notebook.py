@@ -5,12 +5,16 @@ from nbclient import NotebookClient
 
 from mae_jax import train
 from conftest import ROOT, load_config
+from test_video_train import _clip_config
 
 
 def test_demo_notebook_executes(tmp_path, monkeypatch):
   workdir = tmp_path / 'run'
   train.train(load_config('test'), str(workdir))
   monkeypatch.setenv('MAE_JAX_WORKDIR', str(workdir))
+  video = tmp_path / 'video'
+  train.train(_clip_config(steps=2), str(video))
+  monkeypatch.setenv('MAE_JAX_VIDEO_WORKDIR', str(video))
   monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
   nb = nbformat.read(ROOT / 'notebooks' / 'demo.ipynb', as_version=4)
   NotebookClient(nb, timeout=300, kernel_name='python3', resources={
@@ -23,4 +27,5 @@ def test_demo_notebook_executes(tmp_path, monkeypatch):
   assert 'other key, other mask: True' in text
   images = [o for cell in nb.cells if cell.cell_type == 'code'
             for o in cell.outputs if 'image/png' in o.get('data', {})]
-  assert len(images) == 2
+  assert 'clips (3, 4, 16, 16, 1): 0.50 of the pixels were hidden, the same in every frame: True' in text
+  assert len(images) == 4
