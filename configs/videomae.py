@@ -118,28 +118,5 @@ def get_config(arg: str | None = None):
   c.eval_batch_size = 256
 
   if a.runlocal:
-    _runlocal(c, size)
+    config_lib.local_clip_run(c)
   return config_lib.finalize(c)
-
-
-def _runlocal(c, size: str) -> None:
-  """A few steps of a tiny model on moving_digits clips, same objective."""
-  del size
-  c.model.variant, c.model.decoder = 'mu/2x8x8', '32d1b2h'
-  c.model.frames, c.model.image_size, c.model.channels = 8, 32, 1
-  c.model.dtype, c.model.remat = 'float32', 'none'
-  c.data.source, c.data.path = 'moving_digits', ''
-  c.data.split, c.data.eval_split = 'train', 'test'
-  c.data.moving_digits.videos = 64
-  c.data.moving_digits.video_frames = 32  # >= the span of 8 frames x stride 4
-  c.data.mean, c.data.std = (0.5,), (0.5,)
-  c.data.worker_count, c.data.read_threads = 0, 2
-  c.batch_size, c.total_epochs, c.total_steps = 8, 0.0, 10
-  c.optim.min_lr = 0.0
-  c.optim.warmup_epochs, c.optim.warmup_steps = 0.0, 2
-  c.log_every, c.checkpoint_every = 5, 10
-  c.evals.reconstruction.every_steps = 0
-  for name in ('linear_probe', 'knn'):
-    c.evals[name].max_train_examples = 64
-    c.evals[name].max_test_examples = 32
-  c.eval_batch_size = 16

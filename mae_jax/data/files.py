@@ -69,19 +69,13 @@ def _class_names(root: str) -> list[str]:
   return sorted(e.name for e in dirs if _has_images(e.path))
 
 
-class FolderSource(Source):
-  """Encoded image files below a directory; records are the file bytes."""
+class _FileList(Source):
+  """Files under `root` (self._files: their relative paths as bytes) with
+  labels; a record is a file's bytes, decoded in the pipeline."""
 
-  def __init__(self, root: str, files: Sequence[str], labels: np.ndarray,
-               classes: Sequence[str]):
-    self.name = f'folder:{root}'
-    self.root = root
-    self.classes = tuple(classes)
-    self.num_classes = len(classes)
-    # One bytes array instead of a list of str: compact and quick to pickle
-    # into worker processes, even for millions of files.
-    self._files = np.array([os.fsencode(f) for f in files], dtype=bytes)
-    self._labels = labels.astype(np.int32)
+  root: str
+  _files: np.ndarray
+  _labels: np.ndarray
 
   def __len__(self) -> int:
     return len(self._files)
@@ -99,6 +93,21 @@ class FolderSource(Source):
     index = self._checked(index)
     with open(self.path(index), 'rb') as f:
       return {'image': f.read(), 'label': self.label(index)}
+
+
+class FolderSource(_FileList):
+  """Encoded image files below a directory; records are the file bytes."""
+
+  def __init__(self, root: str, files: Sequence[str], labels: np.ndarray,
+               classes: Sequence[str]):
+    self.name = f'folder:{root}'
+    self.root = root
+    self.classes = tuple(classes)
+    self.num_classes = len(classes)
+    # One bytes array instead of a list of str: compact and quick to pickle
+    # into worker processes, even for millions of files.
+    self._files = np.array([os.fsencode(f) for f in files], dtype=bytes)
+    self._labels = labels.astype(np.int32)
 
 
 def open_folder(data_cfg, split: str) -> Source:
@@ -427,7 +436,7 @@ def open_tfds(data_cfg, split: str) -> Source:
 # --------------------------------------------------------- video manifests
 
 
-class VideoFileSource(Source):
+class VideoFileSource(_FileList):
   """Video files listed in a manifest; records are the files' bytes (decoded
   in the pipeline, video.decode_video)."""
 
@@ -440,23 +449,6 @@ class VideoFileSource(Source):
     self._files = np.array([os.fsencode(f) for f in files], dtype=bytes)
     self._labels = labels.astype(np.int32)
     self.num_classes = int(labels.max()) + 1 if len(labels) else 0
-
-  def __len__(self) -> int:
-    return len(self._files)
-
-  def path(self, index: int) -> str:
-    return os.path.join(self.root, os.fsdecode(self._files[index]))
-
-  def where(self, index: int) -> str:
-    return f'{self.name} record {index} ({self.path(index)})'
-
-  def label(self, index: int) -> int:
-    return int(self._labels[index])
-
-  def __getitem__(self, index: int) -> dict:
-    index = self._checked(index)
-    with open(self.path(index), 'rb') as f:
-      return {'image': f.read(), 'label': self.label(index)}
 
 
 def read_manifest(path: str) -> tuple[list[str], np.ndarray]:
