@@ -23,7 +23,7 @@ import math
 
 import ml_collections
 
-from mae_jax import config as config_lib, masking
+from mae_jax import config as config_lib, masking, video_masking
 from mae_jax.models import mae, vit
 
 
@@ -53,7 +53,7 @@ def _shapes(config: ml_collections.ConfigDict) -> dict:
   strategy = masking.get(config.masking.name)
   predicted = length
   if strategy.name == 'dual':
-    predicted = masking.running_cell_ids(grid, config.masking.decoder_ratio
+    predicted = video_masking.running_cell_ids(grid, config.masking.decoder_ratio
                                          ).shape[1]
   return dict(enc=enc, dec=dec, length=length,
               kept=strategy.kept(grid, config.masking.ratio),

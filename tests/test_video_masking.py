@@ -15,7 +15,7 @@ import optax
 import pytest
 from flax import nnx
 
-from mae_jax import masking, step as step_lib, targets
+from mae_jax import masking, step as step_lib, targets, video_masking
 from mae_jax.models import mae, position, tokenizers
 
 GRID = (4, 6, 6)  # (t, h, w) tokens
@@ -58,7 +58,7 @@ def test_videomae_b_counts_at_16x224():
   assert masking.get('tube').kept(grid, 0.9) == 8 * 20     # 160 (VideoMAE)
   assert masking.get('random').kept(grid, 0.9) == 156      # MAE-ST
   assert masking.get('dual').kept(grid, 0.9) == 160
-  assert masking.running_cell_ids(grid, 0.5).shape == (4, 784)
+  assert video_masking.running_cell_ids(grid, 0.5).shape == (4, 784)
 
 
 def test_tube_is_constant_over_time_and_differs_between_examples():
@@ -89,7 +89,7 @@ def _official_running_cell(t, h, w, start):
 
 def test_running_cell_matches_the_v2_generator_and_covers_every_slot():
   t, h, w = GRID
-  table = masking.running_cell_ids(GRID, 0.5)
+  table = video_masking.running_cell_ids(GRID, 0.5)
   for start in range(4):
     dropped = _official_running_cell(t, h, w, start).reshape(-1)
     np.testing.assert_array_equal(table[start], np.flatnonzero(dropped == 0))
@@ -102,7 +102,7 @@ def test_running_cell_matches_the_v2_generator_and_covers_every_slot():
 def test_dual_mask_decoder_subset_and_loss_weights():
   m = _sample('dual')
   ids = np.asarray(m.decode_ids)
-  table = masking.running_cell_ids(GRID, 0.5)
+  table = video_masking.running_cell_ids(GRID, 0.5)
   assert ids.shape == (8, math.prod(GRID) // 2)
   assert all(any((row == t).all() for t in table) for row in ids)
   # The encoder's tube mask is untouched by the decoder mask.
@@ -128,7 +128,7 @@ def _moving_texture(shift=(0, 1), t=4, h=6, w=6, p=4, seed=0):
 
 
 def test_block_matching_finds_the_motion():
-  motion = np.asarray(masking.block_matching(_moving_texture(), GRID, 1))
+  motion = np.asarray(video_masking.block_matching(_moving_texture(), GRID, 1))
   assert motion.shape == (1, 3, 6, 6, 2)
   # Away from the wrapped column the estimate is the true shift.
   np.testing.assert_array_equal(motion[0, :, :, 1:], np.broadcast_to(
@@ -148,7 +148,7 @@ def test_motion_mask_follows_known_motion():
       patches=_moving_texture(shift=(0, 0))).mask).reshape(GRID)
   assert (static == static[:1]).all()  # no motion: a tube
   counts = m.reshape(GRID[0], -1).sum(1)
-  np.testing.assert_array_equal(counts, 36 - masking._per_frame_kept(GRID, 0.5))
+  np.testing.assert_array_equal(counts, 36 - video_masking._per_frame_kept(GRID, 0.5))
 
 
 def test_adaptive_sampling_is_without_replacement_and_follows_the_logits():
