@@ -64,7 +64,7 @@ def restore(path: str, step: int | None = None,
   hint = lambda k: (f'load an earlier one with step={k} (mae_jax.load(path, '
                     f'step={k}); mae_jax.evaluate --step={k})')
   try:
-    config = ml_collections.ConfigDict(ckpt.verify(step, hint)['config'])
+    config = config_lib.with_defaults(ckpt.verify(step, hint)['config'])
     config.mesh = ml_collections.ConfigDict(
         mesh_config or dict(dcn=1, data=-1, fsdp=1, tensor=1))
     mesh = sharding.make_mesh(config.mesh)

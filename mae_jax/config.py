@@ -150,6 +150,18 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def with_defaults(saved: dict) -> ml_collections.ConfigDict:
+  """A config saved in a checkpoint, with the keys added to mae_jax since
+  taking their defaults (which reproduce the behaviour before them), so
+  older checkpoints keep loading."""
+  def merge(default, value):
+    if isinstance(default, dict) and isinstance(value, dict):
+      return {**default, **{k: merge(default.get(k), v)
+                            for k, v in value.items()}}
+    return value
+  return ml_collections.ConfigDict(merge(base_config().to_dict(), saved))
+
+
 def finalize(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.lock()
   return c

@@ -44,3 +44,17 @@ def test_config_arguments_are_checked():
     load_config('demo', 'epoch=3')
   with pytest.raises(config_lib.ConfigError, match='expected a value of type int'):
     load_config('demo', 'epochs=many')
+
+
+def test_configs_saved_before_the_video_keys_still_build_their_model():
+  from mae_jax import config as config_lib
+  from mae_jax.models import mae
+  saved = load_config('test').to_dict()
+  for key in ('frames', 'pos_embed'):
+    del saved['model'][key]
+  saved['masking'] = {'name': 'random', 'ratio': 0.5}
+  c = config_lib.with_defaults(saved)
+  kw = mae.model_kwargs(c)
+  assert kw['input_size'] == (16, 16) and kw['pos_embed'] == 'sincos'
+  assert kw['masking_options'].ratio == 0.5
+  assert c.model.variant == 'mu/4'  # saved values win over defaults
