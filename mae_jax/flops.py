@@ -23,7 +23,7 @@ import math
 
 import ml_collections
 
-from mae_jax import config as config_lib, masking, video_masking
+from mae_jax import config as config_lib, masking
 from mae_jax.models import mae, vit
 
 
@@ -51,13 +51,11 @@ def _shapes(config: ml_collections.ConfigDict) -> dict:
   grid = tuple(s // p for s, p in zip(spatial, enc.patch))
   length = math.prod(grid)
   strategy = masking.get(config.masking.name)
-  predicted = length
-  if strategy.name == 'dual':
-    predicted = video_masking.running_cell_ids(grid, config.masking.decoder_ratio
-                                         ).shape[1]
   return dict(enc=enc, dec=dec, length=length,
               kept=strategy.kept(grid, config.masking.ratio),
-              predicted=predicted, sampler='sampler' in strategy.needs,
+              predicted=strategy.num_decoded(grid,
+                                             masking.options(config.masking)),
+              sampler='sampler' in strategy.needs,
               n_cls=1 if config.model.cls_token else 0,
               patch_dim=math.prod(enc.patch) * channels)
 

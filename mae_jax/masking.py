@@ -8,7 +8,8 @@ needs more than a key declares it in `needs`, and the model passes it in:
   'patches'  the input's tokens [B, L, P] (motion-guided masking),
   'sampler'  logits [B, L] of the model's token sampler (adaptive masking;
              the model owns the sampler's parameters, created only then).
-A strategy may also add named loss terms (`loss`, e.g. the sampler's).
+A strategy may also add named loss terms (`loss`, e.g. the sampler's) and
+have the decoder predict a subset of the tokens (`decoded`: its size).
 Adding one = a function plus `@register('name', kept=...)`.
 
   random    uniform over all tokens (MAE; on clips: MAE-ST's space-time masking)
@@ -70,14 +71,23 @@ class Strategy:
   # (model, patches [B, L, P], mask, per-token error [B, M], weight [B, M],
   #  opts) -> {name: scalar}, added to the reconstruction loss.
   loss: Callable[..., dict] | None = None
+  # (grid, opts) -> M, the tokens the decoder predicts (Mask.decode_ids);
+  # None: all L of them.
+  decoded: Callable[[Sequence[int], Options], int] | None = None
+
+  def num_decoded(self, grid: Sequence[int], opts: Options) -> int:
+    return (math.prod(grid) if self.decoded is None
+            else self.decoded(tuple(grid), opts))
 
 
 STRATEGIES: dict[str, Strategy] = {}
 
 
-def register(name: str, *, kept, needs=(), check=_no_check, loss=None):
+def register(name: str, *, kept, needs=(), check=_no_check, loss=None,
+             decoded=None):
   def wrap(fn):
-    STRATEGIES[name] = Strategy(name, fn, kept, tuple(needs), check, loss)
+    STRATEGIES[name] = Strategy(name, fn, kept, tuple(needs), check, loss,
+                                decoded)
     return fn
   return wrap
 

@@ -125,7 +125,11 @@ def _dual_check(grid, opts) -> None:
                      'ratio < 1 (VideoMAE V2: 0.5)')
 
 
-@register('dual', kept=_tube_kept, check=_dual_check)
+def _dual_decoded(grid, opts) -> int:
+  return running_cell_ids(tuple(grid), opts.decoder_ratio).shape[1]
+
+
+@register('dual', kept=_tube_kept, check=_dual_check, decoded=_dual_decoded)
 def dual_masking(key, batch_size, grid, opts) -> Mask:
   """VideoMAE V2's dual masking (Wang et al. 2023): tube masking for the
   encoder; the decoder gets mask tokens only at the running cell's kept

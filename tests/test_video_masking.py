@@ -104,6 +104,8 @@ def test_dual_mask_decoder_subset_and_loss_weights():
   ids = np.asarray(m.decode_ids)
   table = video_masking.running_cell_ids(GRID, 0.5)
   assert ids.shape == (8, math.prod(GRID) // 2)
+  assert masking.get('dual').num_decoded(GRID, _opts()) == ids.shape[1]
+  assert masking.get('tube').num_decoded(GRID, _opts()) == math.prod(GRID)
   assert all(any((row == t).all() for t in table) for row in ids)
   # The encoder's tube mask is untouched by the decoder mask.
   tube = masking.get('tube').sample(jax.random.split(jax.random.key(0))[0], 8,
