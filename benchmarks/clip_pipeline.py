@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from mae_jax import config
-from mae_jax.data import build_train_iterator, files, video, video_prepare
+from mae_jax.data import build_train_iterator, manifests, video, video_prepare
 
 
 def make(out, n):
@@ -40,7 +40,7 @@ def make(out, n):
   d = config.base_config().data
   d.update(source='video_files', path=f'{out}/train.csv')
   t = time.perf_counter()
-  video_prepare.prepare(files.open_video_files(d, 'train'),
+  video_prepare.prepare(manifests.open_video_files(d, 'train'),
                         f'{out}/clips.array_record', short_side=128, workers=2)
   print(f'video_prepare: {time.perf_counter() - t:.1f} s for {n} videos')
 

@@ -13,7 +13,7 @@ import pytest
 from mae_jax import config
 from mae_jax import data
 from mae_jax.data import BadRecordError
-from mae_jax.data import files, moving_digits, pipeline, sources, video
+from mae_jax.data import manifests, moving_digits, pipeline, sources, video
 from mae_jax.data import video_prepare
 from conftest import ROOT, subprocess_env
 
@@ -263,7 +263,7 @@ def test_bad_video_files_are_named_or_skipped_and_counted(tmp_path):
 def test_manifests(tmp_path):
   (tmp_path / 'v').mkdir()
   (tmp_path / 'ok.csv').write_text('path,label\nv/a.mp4,3\n\n"v/b,c.mp4",0\n')
-  files_, labels = files.read_manifest(str(tmp_path / 'ok.csv'))
+  files_, labels = manifests.read_manifest(str(tmp_path / 'ok.csv'))
   assert files_ == ['v/a.mp4', 'v/b,c.mp4'] and list(labels) == [3, 0]
   (tmp_path / 'unl.csv').write_text('/abs/a.mkv\nb.mkv\n')
   d = _cfg(source='video_files', path=str(tmp_path / 'unl.csv'),
@@ -285,7 +285,7 @@ def test_manifests(tmp_path):
   ):
     (tmp_path / 'bad.csv').write_text(text)
     with pytest.raises(ValueError, match=rf'bad\.csv {match}'):
-      files.read_manifest(str(tmp_path / 'bad.csv'))
+      manifests.read_manifest(str(tmp_path / 'bad.csv'))
   (tmp_path / 'empty.csv').write_text('path,label\n')
   for path, split, match in (
       ('empty.csv', 'train', 'lists no videos'),

@@ -244,8 +244,8 @@ def video_files(data_cfg, split, *, image_size, channels, frames=0) -> Source:
   """Video files listed in a manifest CSV `data.path` ('{split}' replaced):
   one `path[,label]` per line, paths relative to data.video_root."""
   del image_size, channels, frames
-  from mae_jax.data import files  # pylint: disable=g-import-not-at-top
-  return files.open_video_files(data_cfg, split)
+  from mae_jax.data import manifests  # pylint: disable=g-import-not-at-top
+  return manifests.open_video_files(data_cfg, split)
 
 
 def write_array_record(path: str, images: np.ndarray, labels=None, *,

@@ -36,7 +36,7 @@ from array_record.python import array_record_module
 import numpy as np
 from PIL import Image
 
-from mae_jax.data import files, moving_digits, video
+from mae_jax.data import manifests, moving_digits, video
 from mae_jax.data.transforms import BadRecordError
 
 
@@ -171,7 +171,7 @@ def _open(split: str):
                                       f.frame_stride, f.label_key,
                                       videos=f.videos)
   d.update(source='video_files', path=f.manifest, video_root=f.video_root)
-  return files.open_video_files(d, split)
+  return manifests.open_video_files(d, split)
 
 
 def main(argv):
