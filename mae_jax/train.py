@@ -196,9 +196,13 @@ class _InitFrom:
     self.reader = checkpoint.Checkpointer(root, read_only=True)
     hint = lambda k: f'point config.init_from at step {k}: {root}/{k}'
     self.hint = hint
-    meta = self.reader.verify(self.step, hint)
-    self.reader.check_compatible(self.step, config, setup.abstract,
-                                 meta['config'])
+    try:
+      meta = self.reader.verify(self.step, hint)
+      self.reader.check_compatible(self.step, config, setup.abstract,
+                                   meta['config'])
+    except BaseException:
+      self.reader.close()
+      raise
 
   def restore(self, tx) -> step_lib.TrainState:
     """Its parameters, step 0 and a fresh optimizer state."""
