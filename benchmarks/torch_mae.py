@@ -38,7 +38,7 @@ def sincos(grid, dim):
   coords = np.meshgrid(*[np.arange(g, dtype=np.float64) for g in grid],
                        indexing='ij')
   parts = []
-  for c in coords:
+  for c in coords[::-1]:  # the last axis first, as the official MAE
     a = c.reshape(-1)[:, None] * omega[None]
     parts += [np.sin(a), np.cos(a)]
   return torch.tensor(np.concatenate(parts, 1), dtype=torch.float32)
@@ -129,8 +129,7 @@ class MAE(nn.Module):
     pred = self.decoder_pred(self.decoder_norm(h))[:, 1:].float()
     target = patches
     if self.target == 'norm_pixels':
-      mean, var = patches.mean(-1, keepdim=True), patches.var(-1, keepdim=True,
-                                                             unbiased=False)
+      mean, var = patches.mean(-1, keepdim=True), patches.var(-1, keepdim=True)
       target = (patches - mean) / (var + 1e-6) ** 0.5
     mask = (ids_restore >= self.keep).float()
     return (((pred - target) ** 2).mean(-1) * mask).sum() / mask.sum()

@@ -33,6 +33,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from mae_jax import config as config_lib
 from mae_jax.errors import (CheckpointError, CheckpointSaveError,
                             describe_os_error)
 
@@ -223,6 +224,7 @@ class Checkpointer:
     """Raises CheckpointError, naming config keys, if the checkpoint at
     `step` cannot be continued with `config`. Reads only; writes nothing."""
     want = config.to_dict()
+    saved_config = config_lib.upgrade(saved_config)
     diffs = [f'{k}: checkpoint has {_lookup(saved_config, k)!r}, config has '
              f'{_lookup(want, k)!r}' for k in ARCHITECTURE_KEYS
              if _normalize(_lookup(saved_config, k)) != _normalize(_lookup(want, k))]

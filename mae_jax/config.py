@@ -18,6 +18,9 @@ from mae_jax.errors import ConfigError  # pylint: disable=unused-import (re-expo
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
+  # The meaning of the saved keys; configs saved without it are version 1
+  # (before the official MAE's sin-cos channel order: see upgrade()).
+  c.version = VERSION
   c.seed = 0  # model init, masking and data order all derive from it
 
   c.model = ml_collections.ConfigDict(dict(
@@ -30,7 +33,8 @@ def base_config() -> ml_collections.ConfigDict:
                             # (patch "<t>x<h>x<w>", e.g. variant 'B/2x16x16')
       channels=3,
       # Position embedding of encoder and decoder (models/position.py):
-      # sincos (separable over the grid axes), sincos_flat (VideoMAE: one
+      # sincos (separable over the grid axes, the official MAE's channel
+      # order), sincos_yx (the same, axes in the other order), sincos_flat (VideoMAE: one
       # 1-D table over the flat token index), learned_separable (MAE-ST:
       # learned space + time tables, and one for the cls token).
       pos_embed='sincos',
@@ -150,16 +154,36 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+VERSION = 2
+
+
+def upgrade(saved: dict) -> dict:
+  """A config saved by an older mae_jax, in today's meaning of its keys.
+
+  Version 1 (no `version` key) filled the sin-cos channels first axis first
+  (y then x); 'sincos' now means the official MAE's order, so those
+  checkpoints name their order 'sincos_yx'.
+  """
+  saved = dict(saved)
+  if saved.get('version', 1) < 2:
+    model = dict(saved.get('model', {}))
+    if model.get('pos_embed', 'sincos') == 'sincos':
+      model['pos_embed'] = 'sincos_yx'
+    saved['model'], saved['version'] = model, 2
+  return saved
+
+
 def with_defaults(saved: dict) -> ml_collections.ConfigDict:
-  """A config saved in a checkpoint, with the keys added to mae_jax since
-  taking their defaults (which reproduce the behaviour before them), so
-  older checkpoints keep loading."""
+  """A config saved in a checkpoint, upgraded (upgrade()) and with the keys
+  added to mae_jax since taking their defaults (which reproduce the
+  behaviour before them), so older checkpoints keep loading."""
   def merge(default, value):
     if isinstance(default, dict) and isinstance(value, dict):
       return {**default, **{k: merge(default.get(k), v)
                             for k, v in value.items()}}
     return value
-  return ml_collections.ConfigDict(merge(base_config().to_dict(), saved))
+  return ml_collections.ConfigDict(merge(base_config().to_dict(),
+                                         upgrade(saved)))
 
 
 def finalize(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -48,8 +48,10 @@ _EPS = 1e-6
 
 
 def _patch_stats(patches: jax.Array) -> tuple[jax.Array, jax.Array]:
+  # Unbiased variance: the official norm_pix_loss calls torch's
+  # `target.var(dim=-1)`, whose default is the unbiased estimate.
   return (patches.mean(axis=-1, keepdims=True),
-          jnp.sqrt(patches.var(axis=-1, keepdims=True) + _EPS))
+          jnp.sqrt(patches.var(axis=-1, keepdims=True, ddof=1) + _EPS))
 
 
 def _norm_pixels_to_pixels(pred, patches, channels) -> jax.Array:
@@ -63,7 +65,8 @@ def _norm_pixels_to_pixels(pred, patches, channels) -> jax.Array:
 def norm_pixels(patches: jax.Array, channels: int = 1) -> jax.Array:
   """Each patch normalized by its own mean and variance (MAE's norm_pix_loss).
 
-  Biased variance, eps 1e-6 inside the sqrt.
+  Unbiased variance, eps 1e-6 inside the sqrt, as the official code computes
+  it (torch's var defaults to unbiased).
   """
   del channels
   mean, std = _patch_stats(patches)

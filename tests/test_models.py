@@ -100,10 +100,23 @@ def test_sincos_matches_1d_formula_per_axis():
   assert pe.shape == (15, 16)
   omega = 1.0 / 10000 ** (np.arange(4) / 4)
   r, c = 2, 3  # token (row 2, col 3) is index 2 * 5 + 3
-  want = np.concatenate([np.sin(r * omega), np.cos(r * omega),
-                         np.sin(c * omega), np.cos(c * omega)])
+  # The official MAE order: the column (x) coordinate fills the first half.
+  want = np.concatenate([np.sin(c * omega), np.cos(c * omega),
+                         np.sin(r * omega), np.cos(r * omega)])
   np.testing.assert_allclose(pe[13], want, rtol=1e-6)
   assert len({tuple(row) for row in pe.round(6)}) == 15  # all distinct
+  old = tokenizers.sincos_pos_embed((3, 5), 16, last_axis_first=False)
+  np.testing.assert_allclose(old[13], np.roll(want, 8), rtol=1e-6)
+
+
+def test_configs_saved_before_version_2_keep_their_sincos_order():
+  from mae_jax import config as config_lib
+  old = config_lib.with_defaults({'model': {'variant': 'mu/4'}})
+  assert old.model.pos_embed == 'sincos_yx' and old.version == 2
+  flat = config_lib.with_defaults({'model': {'pos_embed': 'sincos_flat'}})
+  assert flat.model.pos_embed == 'sincos_flat'
+  new = config_lib.with_defaults({'version': 2, 'model': {}})
+  assert new.model.pos_embed == 'sincos'
 
 
 def _numpy_block(x, p):

@@ -10,13 +10,13 @@ def test_norm_pixels_is_per_patch_standardization():
   x = jax.random.normal(jax.random.key(0), (2, 5, 48)) * 3 + 1
   t = np.asarray(targets.get('norm_pixels')(x))
   np.testing.assert_allclose(t.mean(-1), 0, atol=1e-5)
-  np.testing.assert_allclose(t.std(-1), 1, atol=1e-3)
+  np.testing.assert_allclose(t.std(-1, ddof=1), 1, atol=1e-3)  # unbiased
 
 
 def test_norm_pixels_matches_reference_formula():
   x = np.random.default_rng(0).normal(size=(1, 3, 12)).astype(np.float32)
   mean = x.mean(-1, keepdims=True)
-  var = x.var(-1, keepdims=True)  # biased, as in MAE's code
+  var = x.var(-1, keepdims=True, ddof=1)  # unbiased: torch's var default
   want = (x - mean) / (var + 1e-6) ** 0.5
   np.testing.assert_allclose(targets.norm_pixels(jnp.asarray(x)), want, rtol=1e-5)
 

@@ -6,8 +6,12 @@ embedding of the cls token ([D], zero for the fixed kinds, as in MAE). The
 encoder and the decoder each build their own. Adding a kind = a class here
 plus `@register('name')`.
 
-  sincos             separable sin-cos over the grid axes (MAE, Sec. A.1;
-                     3-D for clips: t, y, x each get 1/3 of the channels)
+  sincos             separable sin-cos over the grid axes (MAE, Sec. A.1),
+                     in the official code's channel order: the last axis
+                     first (images: x then y; clips: x, y, t, 1/3 each)
+  sincos_yx          the same with the first axis first (y then x): the
+                     order of checkpoints made before mae_jax adopted the
+                     official one (config.with_defaults maps them to it)
   sincos_flat        VideoMAE's fixed table: 1-D sinusoids of the flat token
                      index (t, y, x row-major), sin on even and cos on odd
                      channels (Tong et al. 2022, official code)
@@ -89,6 +93,14 @@ class SinCos(_Fixed):
 
   def table(self) -> np.ndarray:
     return tokenizers.sincos_pos_embed(self.grid, self.width)
+
+
+@register('sincos_yx')
+class SinCosYX(SinCos):
+
+  def table(self) -> np.ndarray:
+    return tokenizers.sincos_pos_embed(self.grid, self.width,
+                                       last_axis_first=False)
 
 
 def sinusoid_table(length: int, width: int) -> np.ndarray:

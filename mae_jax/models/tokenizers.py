@@ -53,12 +53,17 @@ def unpatchify(tokens: jax.Array, grid: Sequence[int], patch: Sequence[int],
   return x.reshape(b, *[g * p for g, p in zip(grid, patch)], channels)
 
 
-def sincos_pos_embed(grid: Sequence[int], dim: int) -> np.ndarray:
+def sincos_pos_embed(grid: Sequence[int], dim: int,
+                     last_axis_first: bool = True) -> np.ndarray:
   """Fixed sin-cos position embedding [L, dim] for a patch grid (MAE, Sec. A.1).
 
   Each grid axis gets dim / n channels: half sines, half cosines of its
-  coordinate at frequencies 1 / 10000^(i / (dim / 2n)). Computed with numpy so
-  it is a compile-time constant, never a parameter.
+  coordinate at frequencies 1 / 10000^(i / (dim / 2n)). The axes fill the
+  channels last axis first, as the official MAE code does for images
+  (`get_2d_sincos_pos_embed`: the column coordinate in the first half, the
+  row in the second); last_axis_first=False is the order mae_jax used before
+  (kind 'sincos_yx'). Computed with numpy so it is a compile-time constant,
+  never a parameter.
   """
   n = len(grid)
   if dim % (2 * n):
@@ -69,7 +74,7 @@ def sincos_pos_embed(grid: Sequence[int], dim: int) -> np.ndarray:
   coords = np.meshgrid(*[np.arange(g, dtype=np.float64) for g in grid],
                        indexing='ij')
   parts = []
-  for c in coords:
+  for c in (coords[::-1] if last_axis_first else coords):
     angles = c.reshape(-1)[:, None] * omega[None, :]  # [L, half]
     parts += [np.sin(angles), np.cos(angles)]
   return np.concatenate(parts, axis=1).astype(np.float32)
