@@ -37,6 +37,11 @@ def get_config(arg: str | None = None):
   c.checkpoint_every = 250
   c.evals.reconstruction.every_steps = 250
   c.evals.linear_probe.enabled = True
+  # MAE's recipe is tuned for ImageNet's 1.28M images; LARS moves the head by
+  # ~lr * 0.001 * |w| per step, so on 4,000 it needs a larger base lr (about
+  # 0.1 * 1.28M / 4,000) and smaller batches (the bias has plain SGD).
+  c.evals.linear_probe.base_lr = 30.0
+  c.evals.linear_probe.batch_size = 256
   c.evals.knn.enabled = True
   c.eval_batch_size = 250
   return config_lib.finalize(c)

@@ -29,5 +29,6 @@ def get_config(arg: str | None = None):
   c.evals.reconstruction.enabled = False
   c.evals.reconstruction.num_images = 4
   c.evals.linear_probe.epochs = 5
+  c.evals.linear_probe.warmup_epochs = 1.0
   c.evals.knn.k = 5
   return config_lib.finalize(c)

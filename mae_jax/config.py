@@ -142,9 +142,20 @@ def base_config() -> ml_collections.ConfigDict:
   # random init on the same split, so the gain from pretraining is visible.
   c.evals = ml_collections.ConfigDict(dict(
       reconstruction=dict(enabled=True, every_steps=0, num_images=8),
+      # MAE's linear probe (appendix A.2, Table 10): parameter-free BatchNorm +
+      # linear head, LARS, lr = base_lr * batch / 256 (batch capped at the
+      # examples), warmup then cosine. On far fewer examples than ImageNet's
+      # 1.28M, raise base_lr (LARS moves weights relative to their norm).
       linear_probe=dict(enabled=False, every_steps=0, pool='mean',
-                        max_train_examples=0, max_test_examples=0, epochs=100,
-                        lr=1e-2, l2=1e-4, batch_size=256),
+                        max_train_examples=0, max_test_examples=0, epochs=90,
+                        warmup_epochs=10.0, base_lr=0.1, batch_size=16384,
+                        weight_decay=0.0),
+      # V-JEPA-style attentive probe on the frozen patch tokens: one learned
+      # query cross-attends (num_heads heads, dividing the width) + MLP, AdamW.
+      attentive_probe=dict(enabled=False, every_steps=0, max_train_examples=0,
+                           max_test_examples=0, epochs=20, warmup_epochs=2.0,
+                           lr=1e-3, weight_decay=0.05, batch_size=256,
+                           num_heads=4),
       knn=dict(enabled=False, every_steps=0, pool='mean', max_train_examples=0,
                max_test_examples=0, k=20, temperature=0.07),
   ))

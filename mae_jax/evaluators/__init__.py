@@ -3,7 +3,8 @@
 Importing the modules below registers them.
 """
 
-from mae_jax.evaluators import knn, linear_probe, reconstruction  # registers
+from mae_jax.evaluators import (  # registers
+    attentive_probe, knn, linear_probe, reconstruction)
 from mae_jax.evaluators.base import (EVALUATORS, EvalContext, Evaluator,
                                      FeatureEvaluator, build, check_config,
                                      check_data, register)

@@ -70,7 +70,10 @@ class Evaluator:
     ConfigError if it cannot. Called before a run writes anything, so a
     missing split is found before training."""
 
-  def run(self, params, step: int) -> dict[str, float]:
+  def run(self, params, step: int, tag: str = 'trained'
+          ) -> dict[str, float]:
+    """tag names the parameters ('trained', or 'ema' for their moving
+    average): what an evaluator caches or writes is kept apart per tag."""
     raise NotImplementedError
 
 
@@ -95,9 +98,10 @@ class FeatureEvaluator(Evaluator):
   def score(self, train_x, train_y, test_x, test_y, num_classes: int) -> float:
     raise NotImplementedError
 
-  def run(self, params, step: int) -> dict[str, float]:
+  def run(self, params, step: int, tag: str = 'trained'
+          ) -> dict[str, float]:
     out = {}
-    for prefix, p, tag in (('', params, ('trained', step)),
+    for prefix, p, tag in (('', params, (tag, step)),
                            ('random_init_', self.ctx.baseline_params(),
                             'baseline')):
       out[f'{self.name}/{prefix}accuracy'] = self.score(
