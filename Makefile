@@ -14,8 +14,9 @@ PYENV_312 = $(shell v=$$(pyenv versions --bare 2>/dev/null | grep -E '^3\.12(\.[
 BASE_PYTHON := $(if $(call PY_OK,$(PYTHON)),$(PYTHON),$(PYENV_312))
 VPY := $(VENV)/bin/python
 
-.PHONY: demo video-demo test env clean-demo
+.PHONY: demo video-demo finetune-demo test env clean-demo
 VIDEO_WORKDIR ?= workdirs/video_demo
+FINETUNE_WORKDIR ?= workdirs/finetune_demo
 env: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml setup.py
@@ -34,8 +35,15 @@ video-demo: env
 	$(VPY) -m mae_jax.main --config=configs/video_demo.py --workdir=$(VIDEO_WORKDIR)
 	$(VPY) -m mae_jax.evaluate --workdir=$(VIDEO_WORKDIR) --evals=linear_probe,knn --label_key=direction
 
+# After `make demo`: fine-tune its encoder (and, as the baseline, the same
+# recipe from random init), then the frozen-feature probes of the demo.
+finetune-demo: env
+	$(VPY) -m mae_jax.main --config=configs/finetune_demo.py:init=$(WORKDIR) --workdir=$(FINETUNE_WORKDIR)
+	$(VPY) -m mae_jax.main --config=configs/finetune_demo.py:init= --workdir=$(FINETUNE_WORKDIR)_scratch
+	$(VPY) -m mae_jax.evaluate --workdir=$(WORKDIR) --evals=linear_probe,knn,attentive_probe
+
 test: env
 	$(VPY) -m pytest -q $(PYTEST_ARGS) tests
 
 clean-demo:
-	rm -rf $(WORKDIR) $(VIDEO_WORKDIR)
+	rm -rf $(WORKDIR) $(VIDEO_WORKDIR) $(FINETUNE_WORKDIR) $(FINETUNE_WORKDIR)_scratch

@@ -12,9 +12,10 @@ happens here); prepared without TensorFlow by the README recipe, add
       --workdir=$WORKDIR --config.data.tfds_data_dir=/data/tfds
 
 Expected (paper, 1600 epochs): fine-tuned top-1 83.6 (B), 85.9 (L), 86.9 (H);
-linear probe 68.0 (B), 75.8 (L), 76.6 (H). Fine-tuning and the full
-linear-probe recipe are not part of this config; the built-in probe/k-NN give a
-quick, smaller signal on subsets (see config.evals).
+linear probe 68.0 (B), 75.8 (L), 76.6 (H). Those are configs/mae_finetune.py
+and configs/mae_linprobe.py, run on this workdir afterwards; during
+pretraining the built-in probe / k-NN give a quick, smaller signal on subsets
+(see config.evals).
 
 `runlocal=true` keeps the recipe's shape but runs a few steps of the mu model
 on synthetic data (a smoke test of the config on any machine).
@@ -54,10 +55,7 @@ def get_config(arg: str | None = None):
   c.checkpoint_every = 2000
   c.evals.reconstruction.every_steps = 5000
   # Quick frozen-feature signals on subsets of the train/validation splits.
-  for name in ('linear_probe', 'knn'):
-    c.evals[name].enabled = True
-    c.evals[name].max_train_examples = 50_000
-    c.evals[name].max_test_examples = 10_000
+  config_lib.subset_probes(c, 50_000, 10_000)
   c.eval_batch_size = 1024
 
   if a.runlocal:

@@ -106,10 +106,7 @@ def get_config(arg: str | None = None):
   c.checkpoint_every = 1000
   c.evals.reconstruction.every_steps = 5000
   c.evals.reconstruction.num_images = 4
-  for name in ('linear_probe', 'knn'):
-    c.evals[name].enabled = True
-    c.evals[name].max_train_examples = 20_000
-    c.evals[name].max_test_examples = 5_000
+  config_lib.subset_probes(c, 20_000, 5_000)
   c.eval_batch_size = 256
 
   if a.runlocal:

@@ -4,6 +4,7 @@
   mae = mae_jax.load('workdirs/demo')           # latest checkpoint
   feats = mae.encode(images)                    # [N, D]
   recon, mask = mae.reconstruct(images, rng=0)  # like images; mask [N, H, W]
+  logits = mae_jax.load('workdirs/finetune_demo').classify(images)  # [N, K]
 
 Images are [N, H, W, C] at the model's size, or one image [H, W, C] (then
 the outputs have no batch axis either); with C = 1 the channel axis may be
@@ -79,8 +80,9 @@ def restore(path: str, step: int | None = None,
 
 
 class Pretrained:
-  """A loaded MAE. `.config` (ConfigDict), `.params` (pure dict of arrays),
-  `.step` (training steps done), `.model` (the flax NNX module)."""
+  """A loaded MAE (or fine-tuned classifier: config.task='classify').
+  `.config` (ConfigDict), `.params` (pure dict of arrays), `.step` (training
+  steps done), `.model` (the flax NNX module)."""
 
   def __init__(self, config: ml_collections.ConfigDict, setup, params: Any,
                step: int):
@@ -130,6 +132,23 @@ class Pretrained:
     feats = np.asarray(self._encode(self.params, x, pool=pool))
     return feats[0] if single else feats
 
+  def _require(self, task: str, method: str) -> None:
+    if self.config.task != task:
+      raise ValueError(f'{method}() needs a model of task {task!r}; this '
+                       f'checkpoint is task={self.config.task!r}')
+
+  def classify(self, images) -> np.ndarray:
+    """A fine-tuned model's logits [N, K] (without N for one example), on
+    the inputs as given (no augmentation, no drop path)."""
+    self._require('classify', 'classify')
+    x, _, single = self._prepare(images)
+    logits = np.asarray(self._logits(self.params, x))
+    return logits[0] if single else logits
+
+  @functools.cached_property
+  def _logits(self):
+    return jax.jit(lambda p, x: nnx.merge(self.graphdef, p)(x))
+
   def _reconstruct_fn(self, params, x, rng):
     model = nnx.merge(self.graphdef, params)
     return mae_lib.reconstruct(model, x, rng, self.config.target)
@@ -141,6 +160,7 @@ class Pretrained:
 
     rng: an int seed or a jax PRNG key (jax.random.key); it picks the mask.
     """
+    self._require('pretrain', 'reconstruct')
     x, was_uint8, single = self._prepare(images)
     recon, mask = self._reconstruct(self.params, x, _as_key(rng))
     recon, mask = np.asarray(recon), np.asarray(mask)[..., 0]

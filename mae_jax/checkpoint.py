@@ -42,6 +42,9 @@ from mae_jax.errors import (CheckpointError, CheckpointSaveError,
 ARCHITECTURE_KEYS = ('model.variant', 'model.decoder', 'model.image_size',
                      'model.frames', 'model.channels', 'model.cls_token',
                      'model.pos_embed')
+# The keys of the encoder alone (init_from across tasks checks these).
+ENCODER_KEYS = ('model.variant', 'model.image_size', 'model.frames',
+                'model.channels', 'model.cls_token', 'model.pos_embed')
 # Architecture keys added later, with the value older checkpoints were made with.
 _BEFORE_KEY = {'model.frames': 0, 'model.pos_embed': 'sincos'}
 ITEMS = ('state', 'data', 'meta')
@@ -90,7 +93,7 @@ def _path(path) -> str:
                   for k in path)
 
 
-def _normalize(v):
+def normalize(v):
   return list(v) if isinstance(v, (list, tuple)) else v
 
 
@@ -100,7 +103,7 @@ def _flat(tree: dict, prefix: str = '') -> dict:
     if isinstance(v, dict):
       out.update(_flat(v, f'{prefix}{k}.'))
     else:
-      out[f'{prefix}{k}'] = _normalize(v)
+      out[f'{prefix}{k}'] = normalize(v)
   return out
 
 
@@ -227,7 +230,7 @@ class Checkpointer:
     saved_config = config_lib.upgrade(saved_config)
     diffs = [f'{k}: checkpoint has {_lookup(saved_config, k)!r}, config has '
              f'{_lookup(want, k)!r}' for k in ARCHITECTURE_KEYS
-             if _normalize(_lookup(saved_config, k)) != _normalize(_lookup(want, k))]
+             if normalize(_lookup(saved_config, k)) != normalize(_lookup(want, k))]
     if diffs:
       raise CheckpointError(
           f'{self.directory} holds a checkpoint (step {step}) of a different '

@@ -53,6 +53,28 @@ def base_config() -> ml_collections.ConfigDict:
       motion_radius=1,      # motion: block-matching search radius, in tokens
       sampler_weight=1e-4,  # adaptive: weight of the sampler's loss term
   ))
+  # What a run trains (tasks.py): 'pretrain' (the masked autoencoder) or
+  # 'classify' (fine-tuning an encoder with a linear head, config.classify;
+  # start it from pretrained parameters with config.init_from).
+  c.task = 'pretrain'
+  # Fine-tuning (MAE, He et al. 2022, appendix A.3; the defaults are its
+  # ViT-B recipe). Augmentations run on the device in the step (augment.py).
+  c.classify = ml_collections.ConfigDict(dict(
+      num_classes=0,        # the head's classes (> 0 when task='classify')
+      pool='mean',          # mean (+ a fresh LayerNorm, MAE's global_pool) | cls
+      trainable_pos_embed=True,  # a fixed position table becomes a parameter
+      drop_path=0.1,        # stochastic depth of the last block (linear in depth)
+      head_init_std=2e-5,   # head weights ~ N(0, std^2), as the official code
+      label_smoothing=0.1,
+      mixup=0.8,            # Beta(alpha, alpha) of mixup; 0 = off
+      cutmix=1.0,           # Beta(alpha, alpha) of cutmix; 0 = off
+      mix_prob=1.0,         # probability that a batch is mixed
+      mix_switch_prob=0.5,  # with both on: probability of cutmix
+      randaugment_ops=2,    # RandAugment (9, 0.5): ops per image (0 = off)
+      randaugment_magnitude=9,
+      randaugment_magnitude_std=0.5,
+      random_erase=0.25,    # probability of erasing a box per example (0 = off)
+  ))
   # pixels | norm_pixels (MAE's norm_pix_loss) | norm_pixels_channel
   # (VideoMAE: per patch and per channel, unbiased std)
   c.target = 'norm_pixels'
@@ -85,6 +107,8 @@ def base_config() -> ml_collections.ConfigDict:
       crop_scale=(0.2, 1.0),    # random resized crop area range (MAE: 0.2-1.0)
       crop_ratio=(3 / 4, 4 / 3),
       hflip=True,
+      eval_crop=1.0,        # evaluation: the centre crop keeps this fraction of
+                            # the shorter side (timm / MAE: 224 / 256 = 0.875)
       mean=(0.485, 0.456, 0.406),  # per-channel normalization (ImageNet)
       std=(0.229, 0.224, 0.225),
       worker_count=0,       # grain worker processes (0 = in the main process)
@@ -113,6 +137,11 @@ def base_config() -> ml_collections.ConfigDict:
       weight_decay=0.05,    # on weight matrices only: not norms, biases, tokens
       clip_norm=0.0,        # global-norm gradient clipping; 0 = off
       mu_dtype='',          # Adam first moment dtype ('' = param dtype, or bfloat16)
+      layer_decay=1.0,      # < 1: layer-wise lr decay (fine-tuning, BEiT/MAE):
+                            # block i (0-based) gets lr x layer_decay^(depth - i),
+                            # the embeddings ^(depth + 1), the head and norms ^0
+      ema_decay=0.0,        # > 0: keep an EMA of the weights (e.g. 0.9999); the
+                            # evaluators also score it (keys ema/...)
   ))
 
   c.mesh = ml_collections.ConfigDict(dict(dcn=1, data=-1, fsdp=1, tensor=1))
@@ -141,6 +170,8 @@ def base_config() -> ml_collections.ConfigDict:
   # workdir. The feature evaluators also score the same architecture at
   # random init on the same split, so the gain from pretraining is visible.
   c.evals = ml_collections.ConfigDict(dict(
+      # task='classify': top-1 / top-5 of the head on data.eval_split
+      classification=dict(enabled=False, every_steps=0, max_examples=0),
       reconstruction=dict(enabled=True, every_steps=0, num_images=8),
       # MAE's linear probe (appendix A.2, Table 10): parameter-free BatchNorm +
       # linear head, LARS, lr = base_lr * batch / 256 (batch capped at the
@@ -201,6 +232,20 @@ def finalize(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.lock()
   return c
 
+
+
+def subset_probes(c: ml_collections.ConfigDict, train_examples: int,
+                  test_examples: int, enabled: bool = True) -> None:
+  """The recipes' quick signal during pretraining: the linear probe and k-NN
+  on subsets of the splits. LARS moves the head relative to its norm, so
+  the probe's base lr grows from the paper's 0.1 (tuned on ImageNet's 1.28M
+  images) by the ratio of the examples (evaluators/linear_probe.py)."""
+  for name in ('linear_probe', 'knn'):
+    c.evals[name].enabled = enabled
+    c.evals[name].max_train_examples = train_examples
+    c.evals[name].max_test_examples = test_examples
+  c.evals.linear_probe.base_lr = 0.1 * 1_281_167 / train_examples
+  c.evals.linear_probe.batch_size = min(4096, train_examples)
 
 
 def local_clip_run(c: ml_collections.ConfigDict) -> None:
@@ -352,6 +397,7 @@ def _validate(c, num_devices, process_count, check_files) -> None:
           f'with masking.name={c.masking.name!r}; at least one must stay '
           'visible')
   targets.get(c.target)
+  _check_task(c)
 
   sources.check_config(c.data, check_files)
   pipeline.check_norm(c.data, c.model.channels)
@@ -408,6 +454,44 @@ def _validate(c, num_devices, process_count, check_files) -> None:
   from mae_jax import evaluators  # pylint: disable=g-import-not-at-top
   evaluators.check_config(c)
   tracking.check_config(c)
+
+
+def _check_task(c) -> None:
+  from mae_jax import tasks  # pylint: disable=g-import-not-at-top (cycle)
+  from mae_jax.models import classifier  # pylint: disable=g-import-not-at-top
+  if c.task not in tasks.TASKS:
+    _fail('task', c.task, f'allowed {sorted(tasks.TASKS)}')
+  if not 0.0 <= c.optim.ema_decay < 1.0:
+    _fail('optim.ema_decay', c.optim.ema_decay, 'must be in [0, 1) (0 = off)')
+  if not 0.0 < c.optim.layer_decay <= 1.0:
+    _fail('optim.layer_decay', c.optim.layer_decay,
+          'must be in (0, 1] (1 = no layer-wise decay)')
+  if c.task != 'classify':
+    return
+  f = c.classify
+  if f.num_classes < 1:
+    _fail('classify.num_classes', f.num_classes,
+          "task='classify' needs the number of classes of the head (>= 1)")
+  if f.pool not in classifier.POOLS:
+    _fail('classify.pool', f.pool, f'allowed {classifier.POOLS}')
+  if f.pool == 'cls' and not c.model.cls_token:
+    _fail('classify.pool', f.pool, 'needs model.cls_token=True; use mean')
+  for key, high, closed in (('drop_path', 1, False),
+                            ('label_smoothing', 1, False),
+                            ('mix_prob', 1, True), ('mix_switch_prob', 1, True),
+                            ('random_erase', 1, True)):
+    if not (0 <= f[key] <= high if closed else 0 <= f[key] < high):
+      _fail(f'classify.{key}', f[key],
+            f'must be in [0, {high}{"]" if closed else ")"}')
+  if f.mixup < 0 or f.cutmix < 0:
+    _fail('classify.mixup', (f.mixup, f.cutmix),
+          'mixup and cutmix alphas must be >= 0 (0 = off)')
+  if f.randaugment_ops < 0 or not 0 <= f.randaugment_magnitude <= 10:
+    _fail('classify.randaugment_ops', (f.randaugment_ops,
+                                       f.randaugment_magnitude),
+          'ops must be >= 0 (0 = off) and magnitude in [0, 10]')
+  if f.head_init_std < 0:
+    _fail('classify.head_init_std', f.head_init_std, 'must be >= 0')
 
 
 def open_split(c: ml_collections.ConfigDict, split: str, who: str,

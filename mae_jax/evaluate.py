@@ -7,6 +7,14 @@ checkpoint's step). Evaluator settings come from the run's config
 (config.evals.<name>); --evals picks which to run, enabled or not.
 --label_key scores another label of the data (config.data.label_key, e.g.
 `direction` for moving digits); its results are named `<evaluator>@<key>/...`.
+
+--config=FILE[:ARG] takes the evaluation from a recipe instead (e.g.
+configs/mae_linprobe.py, MAE's linear probe on ImageNet): its `evals`,
+`data` and `eval_batch_size` replace the run's, and `--config.KEY=VALUE`
+changes them further; its encoder keys must be the checkpoint's.
+
+  python -m mae_jax.evaluate --workdir=$PRETRAINED \
+      --config=configs/mae_linprobe.py:variant=B/16 --evals=linear_probe
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import json
 import os
 
 from absl import app, flags
+from ml_collections import config_flags
 
 from mae_jax import cli
 
@@ -27,12 +36,36 @@ _LABEL_KEY = flags.DEFINE_string(
     "run's), e.g. 'direction' for moving digits.")
 
 
+def _apply_recipe(config, recipe) -> None:
+  """The recipe's evals, data and eval_batch_size into the run's config;
+  ConfigError if its encoder is not the checkpoint's."""
+  from mae_jax import checkpoint, config as config_lib  # pylint: disable=g-import-not-at-top
+  diffs = [f'{k}: checkpoint has {config[a][b]!r}, recipe has '
+           f'{recipe[a][b]!r}' for k in checkpoint.ENCODER_KEYS
+           for a, b in [k.split('.')]
+           if checkpoint.normalize(config[a][b]) !=
+           checkpoint.normalize(recipe[a][b])]
+  if diffs:
+    raise config_lib.ConfigError(
+        'the evaluation recipe (--config) describes another encoder than '
+        'the checkpoint:\n  ' + '\n  '.join(diffs) + '\nPick the recipe\'s '
+        'variant of the checkpoint (e.g. :variant=...), or set these keys.')
+  with config.unlocked():
+    config.evals = recipe.evals
+    config.data = recipe.data
+    config.eval_batch_size = recipe.eval_batch_size
+  config_lib.validate(config, check_files=False)
+
+
 def evaluate(path: str, names: list[str] | None = None,
-             step: int | None = None, label_key: str | None = None) -> dict:
+             step: int | None = None, label_key: str | None = None,
+             recipe=None) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   from mae_jax import api, evaluators, metrics, sharding  # pylint: disable=g-import-not-at-top
 
   config, setup, params, step = api.restore(path, step)
+  if recipe is not None:
+    _apply_recipe(config, recipe)
   renamed = label_key is not None and label_key != config.data.label_key
   if label_key is not None:
     config.data.label_key = label_key
@@ -63,8 +96,14 @@ def main(argv) -> None:
   if not _WORKDIR.value:
     raise app.UsageError('--workdir is required')
   print(json.dumps(evaluate(_WORKDIR.value, _EVALS.value, _STEP.value,
-                            _LABEL_KEY.value), indent=1))
+                            _LABEL_KEY.value, flags.FLAGS.config), indent=1))
 
 
 if __name__ == '__main__':
+  # Defined here, not on import: mae_jax.main and mae_jax.bench (which the
+  # tests import beside this module) define their own --config.
+  config_flags.DEFINE_config_file(
+      'config', None, 'Optional evaluation recipe (configs/NAME.py[:ARG]): '
+      'its evals, data and eval_batch_size replace the run\'s.',
+      lock_config=True)
   cli.run(main)  # failures are one line, as in training (cli.py)

@@ -48,10 +48,10 @@ def loss_terms(model: mae.MAE, images: jax.Array, mask: masking.Mask,
   return terms
 
 
-def mae_loss(params, graphdef, images: jax.Array, mask: masking.Mask,
-             target: str) -> tuple[jax.Array, dict]:
-  """images: [B, *S, C] -> (scalar loss, its named terms)."""
-  terms = loss_terms(nnx.merge(graphdef, params), images, mask, target)
+def _task_loss(params, graphdef, task, inputs: tuple, rng: jax.Array
+               ) -> tuple[jax.Array, dict]:
+  """-> (scalar loss, its named terms) of `task` (tasks.py) on `inputs`."""
+  terms = task.loss(nnx.merge(graphdef, params), inputs, rng)
   return sum(terms.values()), terms
 
 
@@ -67,37 +67,47 @@ def _micro_batches(tree, k: int):
 
 
 def make_train_step(graphdef, tx: optax.GradientTransformation,
-                    lr: optax.Schedule, target: str,
-                    grad_accum_steps: int = 1) -> Callable:
+                    lr: optax.Schedule, task, grad_accum_steps: int = 1
+                    ) -> Callable:
   """Returns train_step(state, batch, rng) -> (state, metrics).
 
-  With grad_accum_steps = k > 1 the batch is processed as k micro-batches
-  (lax.scan, gradients summed in float32): the same update as one big batch,
-  in 1/k of the activation memory.
+  task: a tasks.Task, or a target name for pretraining with it. The task
+  prepares its inputs from the batch (the mask, augmentations) outside the
+  gradient, then its loss is differentiated. With grad_accum_steps = k > 1
+  the inputs are processed as k micro-batches (lax.scan, gradients summed in
+  float32): the same update as one big batch, in 1/k of the activation
+  memory.
   """
-  grad_fn = jax.value_and_grad(mae_loss, has_aux=True)
+  from mae_jax import tasks  # pylint: disable=g-import-not-at-top (cycle)
+  if isinstance(task, str):
+    task = tasks.pretraining(task)
+  grad_fn = jax.value_and_grad(_task_loss, has_aux=True)
 
   def train_step(state: TrainState, batch: dict, rng: jax.Array):
     # One key per step, independent of restarts: same step, same masks.
     rng = jax.random.fold_in(rng, state.step)
-    images = batch['image']
-    mask = nnx.merge(graphdef, state.params).sample_mask(rng, images)
+    inputs = task.prepare(nnx.merge(graphdef, state.params), batch, rng)
     if grad_accum_steps == 1:
-      (loss, terms), grads = grad_fn(state.params, graphdef, images, mask,
-                                     target)
+      (loss, terms), grads = grad_fn(state.params, graphdef, task, inputs,
+                                     jax.random.fold_in(rng, 1))
     else:
       def accumulate(carry, micro):
-        (loss, terms), grads = grad_fn(state.params, graphdef, *micro, target)
+        i, micro_inputs = micro
+        (loss, terms), grads = grad_fn(state.params, graphdef, task,
+                                       micro_inputs,
+                                       jax.random.fold_in(rng, 1 + i))
         return jax.tree.map(jnp.add, carry, (loss, terms, grads)), None
 
       (loss, terms), grads = jax.eval_shape(
-          lambda p, x, m: grad_fn(p, graphdef, x, m, target),
-          state.params, images, mask)
+          lambda p, x: grad_fn(p, graphdef, task, x, rng), state.params,
+          inputs)
       zeros = jax.tree.map(jnp.zeros_like, (loss, terms, grads))
       (loss, terms, grads), _ = jax.lax.scan(
-          accumulate, zeros, _micro_batches((images, mask), grad_accum_steps))
-      # Every example masks the same number of patches, so the mean of the
-      # micro-batch losses is the full-batch loss.
+          accumulate, zeros, (jnp.arange(grad_accum_steps),
+                              _micro_batches(inputs, grad_accum_steps)))
+      # Every example weighs the same in every micro-batch (the same number
+      # of masked patches), so the mean of the micro-batch losses is the
+      # full-batch loss.
       loss, terms, grads = jax.tree.map(lambda x: x / grad_accum_steps,
                                         (loss, terms, grads))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -119,9 +129,12 @@ class StateSetup:
 
   def __init__(self, config: ml_collections.ConfigDict,
                tx: optax.GradientTransformation, mesh: jax.sharding.Mesh):
+    from mae_jax import tasks  # pylint: disable=g-import-not-at-top (cycle)
     self.config, self.tx, self.mesh = config, tx, mesh
+    self.task = tasks.get(config)
     rules = config.sharding.rules
-    abstract_model = nnx.eval_shape(lambda: mae.build(config, nnx.Rngs(0)))
+    abstract_model = nnx.eval_shape(lambda: self.task.build(config,
+                                                            nnx.Rngs(0)))
     self.graphdef, abstract_params = nnx.split(abstract_model)
     logical = nnx.to_pure_dict(nnx.get_partition_spec(abstract_params))
     self.abstract_params = nnx.to_pure_dict(abstract_params)
@@ -142,11 +155,12 @@ class StateSetup:
     self.abstract = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
         abstract, self.shardings)
-    ndim = 1 + len(config_lib.input_shape(config))
-    self.batch_shardings = {'image': sharding.batch_sharding(mesh, rules, ndim)}
+    ndim = {'image': 1 + len(config_lib.input_shape(config)), 'label': 1}
+    self.batch_shardings = {k: sharding.batch_sharding(mesh, rules, ndim[k])
+                            for k in self.task.batch_keys}
 
   def _init_params(self, key: jax.Array):
-    model = mae.build(self.config, nnx.Rngs(params=key))
+    model = self.task.build(self.config, nnx.Rngs(params=key))
     return nnx.to_pure_dict(nnx.state(model))
 
   def _init(self, key: jax.Array) -> TrainState:
@@ -164,7 +178,7 @@ class StateSetup:
                  ) -> Callable:
     """make_train_step jitted with this state's and the batch's shardings;
     the state is donated (its buffers are reused for the new state)."""
-    fn = make_train_step(self.graphdef, self.tx, lr, self.config.target,
+    fn = make_train_step(self.graphdef, self.tx, lr, self.task,
                          self.config.grad_accum_steps)
     repl = sharding.replicated(self.mesh)
     return jax.jit(fn, in_shardings=(self.shardings, self.batch_shardings, repl),

@@ -183,7 +183,13 @@ def _resume_point(config, reader: checkpoint.Checkpointer | None,
 
 class _InitFrom:
   """config.init_from: a checkpoint whose parameters start a new run.
-  Checked when made (phase 1), restored by restore() (phase 2)."""
+  Checked when made (phase 1), restored by restore() (phase 2).
+
+  A checkpoint of the same task gives all its parameters. One of another
+  task (a pretrained MAE for fine-tuning) gives the parameters that both
+  models have, by path and shape: the encoder; the others (the head, or a
+  decoder) keep their initialization, and `notes` says which were copied.
+  """
 
   def __init__(self, config, setup: step_lib.StateSetup):
     from mae_jax import api  # pylint: disable=g-import-not-at-top
@@ -192,29 +198,94 @@ class _InitFrom:
     except FileNotFoundError as e:
       raise errors.ConfigError(f'config.init_from={config.init_from!r}: '
                                f'{e}') from None
-    self.setup = setup
+    self.setup, self.notes = setup, []
     self.reader = checkpoint.Checkpointer(root, read_only=True)
     hint = lambda k: f'point config.init_from at step {k}: {root}/{k}'
     self.hint = hint
     try:
       meta = self.reader.verify(self.step, hint)
-      self.reader.check_compatible(self.step, config, setup.abstract,
-                                   meta['config'])
+      saved = config_lib.with_defaults(meta['config'])
+      self.transfer = saved.task != config.task
+      if self.transfer:
+        self.source = self._source_abstract(config, saved, root)
+      else:
+        self.reader.check_compatible(self.step, config, setup.abstract,
+                                     meta['config'])
+        self.source = setup.abstract
     except BaseException:
       self.reader.close()
       raise
 
-  def restore(self, tx) -> step_lib.TrainState:
+  def _source_abstract(self, config, saved, root: str):
+    """The abstract train state of the checkpoint's own task; its encoder
+    must be the one the config asks for."""
+    diffs = [f'{k}: checkpoint has {saved[a][b]!r}, config has '
+             f'{config[a][b]!r}' for k in checkpoint.ENCODER_KEYS
+             for a, b in [k.split('.')]
+             if checkpoint.normalize(saved[a][b]) !=
+             checkpoint.normalize(config[a][b])]
+    if diffs:
+      raise errors.CheckpointError(
+          f'config.init_from={root} (task {saved.task!r}) has another '
+          'encoder than this config:\n  ' + '\n  '.join(diffs) +
+          '\nSet these keys as the checkpoint has them (its config.json).')
+    saved.mesh, saved.sharding = config.mesh, config.sharding
+    return step_lib.StateSetup(saved, optim.optimizer(saved, lambda _: 0.0),
+                               self.setup.mesh).abstract
+
+  def restore(self, tx, init_key: jax.Array) -> step_lib.TrainState:
     """Its parameters, step 0 and a fresh optimizer state."""
     try:
-      params = self.reader.restore(self.step, self.setup.abstract,
+      params = self.reader.restore(self.step, self.source,
                                    hint=self.hint).params
     finally:
       self.reader.close()
+    if self.transfer:
+      params = self._copy_shared(params, self.setup.init_params(init_key))
     fresh = jax.jit(lambda p: step_lib.TrainState(
         jnp.zeros((), jnp.int32), p, tx.init(p)),
                     out_shardings=self.setup.shardings)
     return fresh(params)
+
+  def _copy_shared(self, source: dict, init: dict) -> dict:
+    """`init` with every parameter that `source` has at the same path and
+    shape replaced by the source's."""
+    src = dict(jax.tree_util.tree_flatten_with_path(source)[0])
+    copied, fresh = [], []
+
+    def take(path, leaf):
+      name = '/'.join(str(getattr(k, 'key', k)) for k in path)
+      other = src.get(path)
+      if other is not None and other.shape == leaf.shape:
+        copied.append(name)
+        return other
+      fresh.append(name)
+      return leaf
+
+    out = jax.tree_util.tree_map_with_path(take, init)
+    group = lambda names: sorted({n.split('/')[0] for n in names})
+    dropped = sorted({'/'.join(str(getattr(k, 'key', k)) for k in p).split(
+        '/')[0] for p in src} - set(group(copied)))
+    self.notes = [
+        f'init_from: copied {len(copied)} parameters ({", ".join(group(copied))})'
+        f'; initialized {len(fresh)} ({", ".join(group(fresh)) or "none"}); '
+        f'not used: {", ".join(dropped) or "none"}']
+    return out
+
+
+def _check_labels(config, source) -> None:
+  """Fine-tuning needs labels, all below the head's classes."""
+  if config.task != 'classify':
+    return
+  if source.num_classes == 0:
+    raise errors.ConfigError(
+        f"task='classify' needs labels, but split {config.data.split!r} of "
+        f'config.data.source={config.data.source!r} is unlabelled')
+  if source.num_classes > config.classify.num_classes:
+    raise errors.ConfigError(
+        f'config.classify.num_classes={config.classify.num_classes}: split '
+        f'{config.data.split!r} has {source.num_classes} classes; set it to '
+        f'at least {source.num_classes}')
 
 
 def _summary(config, mesh, source, total: int, params: int, start: int,
@@ -222,12 +293,17 @@ def _summary(config, mesh, source, total: int, params: int, start: int,
   spe = optim.steps_per_epoch(config, len(source))
   mesh_text = ' x '.join(f'{k}={v}' for k, v in mesh.shape.items())
   m = config.model
+  objective = (f'{m.decoder} decoder, input {config_lib.input_shape(config)}'
+               f', masking {config.masking.name} {config.masking.ratio}'
+               if config.task == 'pretrain' else
+               f'linear head ({config.classify.num_classes} classes, '
+               f'{config.classify.pool} pool), input '
+               f'{config_lib.input_shape(config)}')
   return '\n'.join((
       f'devices   {jax.device_count()} x {jax.devices()[0].device_kind} in '
       f'{jax.process_count()} process(es); mesh {mesh_text}',
-      f'model     ViT-{m.variant} encoder + {m.decoder} decoder, input '
-      f'{config_lib.input_shape(config)}, masking {config.masking.name} '
-      f'{config.masking.ratio}: {params:,} parameters',
+      f'model     ViT-{m.variant} encoder + {objective}: {params:,} '
+      'parameters',
       f'data      {source.name}: {len(source):,} examples; batch '
       f'{config.batch_size} ({config.batch_size // jax.process_count()} per '
       f'process), {spe:,} steps per epoch',
@@ -261,6 +337,7 @@ def _train(config, workdir: str, lock: workdir_lib.Lock) -> dict[str, Any]:
     if is_main and os.path.isdir(workdir):
       lock.acquire()  # before reading checkpoints a live run may be writing
     source = config_lib.open_split(config, config.data.split, 'training')
+    _check_labels(config, source)
     evaluators.check_data(config, opened={config.data.split: source})
     total = optim.total_steps(config, len(source))
     lr = optim.schedule(config, len(source))
@@ -294,7 +371,7 @@ def _train(config, workdir: str, lock: workdir_lib.Lock) -> dict[str, Any]:
     _closing(cleanup, getattr(host_iter, 'close', lambda: None))
     with _agreed():
       if init_from is not None:
-        state = init_from.restore(tx)
+        state = init_from.restore(tx, init_key)
       elif start is None:
         state = setup.init(init_key)
       else:
@@ -330,6 +407,8 @@ def _train(config, workdir: str, lock: workdir_lib.Lock) -> dict[str, Any]:
                             workdir))
     if history.notes:
       writer.message(history.summary())
+    for note in init_from.notes if init_from else ():
+      writer.message(note)
     if removed:
       writer.message('removed the unfinished saves of an interrupted run: '
                      + ', '.join(map(os.path.basename, removed)))
@@ -411,7 +490,7 @@ def _loop(run: _Run, state, batches, start: int) -> dict[str, Any]:
       return {**last, 'step': done, 'preempted': True}
     for ev in run.evals:
       if ev.every_steps and done % ev.every_steps == 0 and done != run.total:
-        writer.write(done, _run_eval(ev, state.params, done, writer))
+        writer.write(done, _run_eval(ev, state, done, run))
   if end < run.total:
     ckpt.wait()
     writer.message(f'stopped at step {max(start, end)} of {run.total} '
@@ -420,14 +499,20 @@ def _loop(run: _Run, state, batches, start: int) -> dict[str, Any]:
     return {**last, 'step': max(start, end), 'preempted': False}
   results = {}
   for ev in run.evals:
-    results.update(_run_eval(ev, state.params, run.total, writer))
+    results.update(_run_eval(ev, state, run.total, run))
   if results:
     writer.write(run.total, results)
   return {**last, **results, 'step': run.total, 'preempted': False}
 
 
-def _run_eval(ev, params, step: int, writer) -> dict[str, float]:
-  out = ev.run(params, step)
+def _run_eval(ev, state, step: int, run: _Run) -> dict[str, float]:
+  """The evaluator on the parameters, and on their EMA if the run keeps one
+  (its keys prefixed ema/)."""
+  out = ev.run(state.params, step)
+  ema = optim.ema_params(run.config, state.opt_state)
+  if ema is not None:
+    out.update({f'ema/{k}': v for k, v in ev.run(ema, step, 'ema').items()})
+  writer = run.writer
   if out:
     writer.message(f'[{ev.name} @ step {step}] ' + ', '.join(
         f'{k}={v:.4f}' for k, v in out.items()))

@@ -5,7 +5,7 @@ paper's numbers; config-file arguments are checked."""
 import pytest
 
 from mae_jax import config as config_lib
-from mae_jax import optim, train
+from mae_jax import evaluate, optim, train
 from conftest import ROOT, load_config
 
 CONFIGS = sorted(p.stem for p in (ROOT / 'configs').glob('*.py'))
@@ -32,11 +32,45 @@ def test_imagenet_recipe_matches_the_paper(variant, patch):
   assert optim.total_steps(c, 1_281_167) == 312 * 1600
 
 
-def test_imagenet_runlocal_trains(tmp_path):
+def test_imagenet_runlocal_then_linprobe_and_finetune_recipes(tmp_path):
+  """The recipes chained as in the README: pretrain, probe with the
+  linear-probe recipe, fine-tune from the pretraining workdir."""
   c = load_config('mae_imagenet', 'runlocal=true')
   c.stop_at_step = 2
   c.evals.linear_probe.enabled = c.evals.knn.enabled = False
-  assert train.train(c, str(tmp_path))['step'] == 2
+  pre = str(tmp_path / 'pre')
+  assert train.train(c, pre)['step'] == 2
+  recipe = load_config('mae_linprobe', 'runlocal=true')
+  out = evaluate.evaluate(pre, ['linear_probe'], recipe=recipe)
+  assert 0 <= out['linear_probe/accuracy'] <= 1
+  recipe.model.variant = 'mu/8'
+  with pytest.raises(config_lib.ConfigError, match="model.variant: checkpoint"):
+    evaluate.evaluate(pre, ['linear_probe'], recipe=recipe)
+  f = load_config('mae_finetune', 'runlocal=true')
+  f.init_from = pre
+  result = train.train(f, str(tmp_path / 'finetune'))
+  assert result['step'] == 6 and 0 <= result['classification/top1'] <= 1
+
+
+@pytest.mark.parametrize('variant,epochs,blr,decay,drop', [
+    ('B/16', 100, 5e-4, 0.65, 0.1), ('L/16', 50, 1e-3, 0.75, 0.2),
+    ('H/14', 50, 1e-3, 0.75, 0.3)])
+def test_finetune_recipe_matches_the_official_commands(variant, epochs, blr,
+                                                       decay, drop):
+  c = load_config('mae_finetune', f'variant={variant}')
+  assert (c.task, c.classify.num_classes, c.batch_size) == ('classify', 1000,
+                                                            1024)
+  assert (c.total_epochs, c.optim.base_lr, c.optim.layer_decay,
+          c.classify.drop_path) == (epochs, blr, decay, drop)
+  f = c.classify
+  assert (f.mixup, f.cutmix, f.label_smoothing, f.random_erase) == (
+      0.8, 1.0, 0.1, 0.25)
+  assert (f.randaugment_ops, f.randaugment_magnitude, f.pool) == (2, 9, 'mean')
+  assert (c.optim.b1, c.optim.b2, c.optim.weight_decay) == (0.9, 0.999, 0.05)
+  assert c.optim.warmup_epochs == 5 and tuple(c.data.crop_scale) == (0.08, 1)
+  lp = load_config('mae_linprobe', f'variant={variant}').evals.linear_probe
+  assert (lp.epochs, lp.warmup_epochs, lp.base_lr, lp.batch_size,
+          lp.weight_decay, lp.pool) == (90, 10, 0.1, 16384, 0.0, 'cls')
 
 
 def test_config_arguments_are_checked():

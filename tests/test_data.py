@@ -11,7 +11,7 @@ import pytest
 from mae_jax import config
 from mae_jax import data
 from mae_jax.data import sources
-from mae_jax.data import BadRecordError
+from mae_jax.data import BadRecordError, transforms
 
 
 def _cfg(**kw):
@@ -570,3 +570,12 @@ def test_check_config_paths(tmp_path):
       sources.check_config(_cfg(**kw))
   with pytest.raises(ValueError, match=r'config\.data\.mean=.*model\.channels'):
     _train(_cfg(mean=(0.5, 0.5, 0.5), std=(1, 1, 1)), channels=1)
+
+
+def test_eval_crop_keeps_that_fraction_of_the_shorter_side():
+  """crop_pct 0.5 of a 16x16 image at size 8 = its central 8x8, exactly."""
+  img = np.arange(16 * 16 * 3, dtype=np.uint8).reshape(16, 16, 3)
+  np.testing.assert_array_equal(
+      transforms.resize_center_crop(img, (8, 8), 0.5), img[4:12, 4:12])
+  ops = transforms.ImageOps((8, 8), 3, (0.2, 1.0), (0.75, 1.33), False, 0.5)
+  np.testing.assert_array_equal(ops.eval_view(img), img[4:12, 4:12])

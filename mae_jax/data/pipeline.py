@@ -89,7 +89,7 @@ def _ops(data_cfg, size, channels: int, frames: int, source: Source):
   d = data_cfg
   if not frames:
     return transforms.ImageOps(size, channels, d.crop_scale, d.crop_ratio,
-                               d.hflip)
+                               d.hflip, d.eval_crop)
   return video.ClipOps(size, channels, frames, d.frame_stride,
                        d.clips_per_video, d.crop_scale, d.crop_ratio, d.hflip,
                        video=getattr(source, 'video', False))

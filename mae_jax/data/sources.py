@@ -295,6 +295,9 @@ def check_config(data_cfg, check_files: bool = True) -> None:
   lo, hi = _pair(d, 'crop_scale')
   if not 0 < lo <= hi <= 1:
     _fail('crop_scale', d.crop_scale, 'need 0 < min <= max <= 1')
+  if not 0 < d.eval_crop <= 1:
+    _fail('eval_crop', d.eval_crop, 'must be in (0, 1] (1 = the whole '
+          'shorter side; timm / MAE: 0.875)')
   lo, hi = _pair(d, 'crop_ratio')
   if not 0 < lo <= hi:
     _fail('crop_ratio', d.crop_ratio, 'need 0 < min <= max')

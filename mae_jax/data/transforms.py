@@ -146,24 +146,29 @@ def random_resized_crop(img: np.ndarray, rng: np.random.Generator,
   return resize_box(img, size, box)
 
 
-def center_box(height: int, width: int, size: Sequence[int]
-               ) -> tuple[float, float, float, float]:
+def center_box(height: int, width: int, size: Sequence[int],
+               fraction: float = 1.0) -> tuple[float, float, float, float]:
   """The central box of an image of `height` x `width` with the aspect ratio
-  of `size` (h, w), as large as fits: see resize_center_crop."""
+  of `size` (h, w), as large as fits, scaled by `fraction`: see
+  resize_center_crop."""
   h, w = size
-  s = min(height / h, width / w)  # source pixels per output pixel
+  s = min(height / h, width / w) * fraction  # source pixels per output pixel
   ch, cw = h * s, w * s
   top, left = (height - ch) / 2, (width - cw) / 2
   return left, top, left + cw, top + ch
 
 
-def resize_center_crop(img: np.ndarray, size: Sequence[int]) -> np.ndarray:
+def resize_center_crop(img: np.ndarray, size: Sequence[int],
+                       fraction: float = 1.0) -> np.ndarray:
   """Evaluation view: uint8 [H, W, C] -> [h, w, C].
 
   Equivalent to resizing (keeping the aspect ratio) until the image covers
-  `size`, then taking the center; done as one resize of the central box.
+  `size` / fraction, then taking the center `size`; done as one resize of
+  the central box. fraction 0.875 is timm's / MAE's crop_pct (resize to 256,
+  crop 224).
   """
-  return resize_box(img, size, center_box(img.shape[0], img.shape[1], size))
+  return resize_box(img, size, center_box(img.shape[0], img.shape[1], size,
+                                          fraction))
 
 
 class ImageOps:
@@ -178,10 +183,12 @@ class ImageOps:
   clips = False  # elements are single examples, not stacks of clips
 
   def __init__(self, size: Sequence[int], channels: int,
-               scale: Sequence[float], ratio: Sequence[float], hflip: bool):
+               scale: Sequence[float], ratio: Sequence[float], hflip: bool,
+               eval_crop: float = 1.0):
     self.size = tuple(size)
     self.channels = channels
     self.scale, self.ratio, self.hflip = tuple(scale), tuple(ratio), hflip
+    self.eval_crop = eval_crop
 
   @property
   def shape(self) -> tuple[int, ...]:
@@ -200,8 +207,9 @@ class ImageOps:
     return np.ascontiguousarray(img)
 
   def eval_view(self, img: np.ndarray) -> np.ndarray:
-    """uint8 [H, W, C] -> resize + center crop uint8 [h, w, C]."""
-    return resize_center_crop(img, self.size)
+    """uint8 [H, W, C] -> resize + center crop uint8 [h, w, C] (the crop
+    keeps `eval_crop` of the resized image's shorter side)."""
+    return resize_center_crop(img, self.size, self.eval_crop)
 
 
 def _stats(mean, std, channels: int) -> tuple[np.ndarray, np.ndarray]:

@@ -4,7 +4,7 @@ Importing the modules below registers them.
 """
 
 from mae_jax.evaluators import (  # registers
-    attentive_probe, knn, linear_probe, reconstruction)
+    attentive_probe, classification, knn, linear_probe, reconstruction)
 from mae_jax.evaluators.base import (EVALUATORS, EvalContext, Evaluator,
                                      FeatureEvaluator, build, check_config,
                                      check_data, register)

@@ -59,6 +59,7 @@ class EvalContext:
 
 class Evaluator:
   name = ''
+  tasks = ('pretrain', 'classify')  # the config.task values it can evaluate
 
   def __init__(self, ctx: EvalContext, cfg: ml_collections.ConfigDict):
     self.ctx, self.cfg = ctx, cfg
@@ -140,6 +141,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     if cfg.get('pool') == 'cls' and not config.model.cls_token:
       raise ConfigError(f"config.evals.{name}.pool='cls' needs "
                         'config.model.cls_token=True; use pool=mean')
+    if cfg.enabled and config.task not in EVALUATORS[name].tasks:
+      raise ConfigError(f'config.evals.{name} evaluates task '
+                        f'{" or ".join(EVALUATORS[name].tasks)}, not '
+                        f'task={config.task!r}: set config.evals.{name}'
+                        '.enabled=False')
     check = getattr(EVALUATORS[name], 'check_config', None)
     if check:
       check(config, cfg)

@@ -76,6 +76,7 @@ def picture_grid(images: np.ndarray, recon: np.ndarray, mask: np.ndarray,
 
 @register('reconstruction')
 class Reconstruction(Evaluator):
+  tasks = ('pretrain',)  # it needs the decoder
 
   @staticmethod
   def check_config(config, cfg) -> None:
@@ -102,7 +103,8 @@ class Reconstruction(Evaluator):
     self._images = batch['image'][batch['valid']]
     self._rng = jax.random.key(c.seed + 1)
 
-  def run(self, params, step: int) -> dict[str, float]:
+  def run(self, params, step: int, tag: str = 'trained'
+          ) -> dict[str, float]:
     c = self.ctx.config
     images = jax.device_put(self._images, sharding.replicated(self.ctx.mesh))
     recon, mask, loss = jax.device_get(
@@ -111,7 +113,7 @@ class Reconstruction(Evaluator):
       grid = picture_grid(self._images, recon, mask, c.data.mean, c.data.std)
       folder = os.path.join(self.ctx.workdir, 'images')
       os.makedirs(folder, exist_ok=True)
-      Image.fromarray(grid).save(
-          os.path.join(folder, f'reconstruction_{step:07d}.png'))
-      self.ctx.writer.image(step, 'reconstruction', grid)
+      name = 'reconstruction' + ('' if tag == 'trained' else f'_{tag}')
+      Image.fromarray(grid).save(os.path.join(folder, f'{name}_{step:07d}.png'))
+      self.ctx.writer.image(step, name, grid)
     return {'reconstruction/loss': float(loss)}

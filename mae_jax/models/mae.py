@@ -21,6 +21,7 @@ from flax import nnx
 from mae_jax import config as config_lib
 from mae_jax import masking, targets
 from mae_jax.models import position, tokenizers
+from mae_jax.models.encoder import Encoder
 from mae_jax.models.vit import (Block, BlockStack, decode_variant, dense,
                                 layer_norm, param_init)
 from mae_jax.sharding import constrain
@@ -73,9 +74,9 @@ class TokenSampler(nnx.Module):
     return self.head(self.block(x))[..., 0].astype(jnp.float32)
 
 
-class MAE(nnx.Module):
-  """Encoder + decoder. Inputs are [B, *S, C] (S: the axes the patches tile:
-  (H, W) for images, (T, H, W) for clips)."""
+class MAE(Encoder):
+  """Encoder (models/encoder.py) + decoder. Inputs are [B, *S, C] (S: the
+  axes the patches tile: (H, W) for images, (T, H, W) for clips)."""
 
   def __init__(self, *, input_size: Sequence[int], channels: int, variant: str,
                decoder: str, mask_ratio: float, masking_name: str = 'random',
@@ -86,27 +87,16 @@ class MAE(nnx.Module):
                remat_names: Sequence[str] = (), scan_unroll: int = 1,
                rngs: nnx.Rngs):
     enc, dec = decode_variant(variant), decode_decoder(decoder)
-    self.patch = enc.patch
-    self.grid = tokenizers.grid_shape(tuple(input_size), self.patch)
-    self.channels = channels
+    stack = dict(dtype=dtype, attention=attention, remat=remat,
+                 remat_names=remat_names, scan_unroll=scan_unroll)
+    self.init_encoder(enc, input_size=input_size, channels=channels,
+                      pos_embed=pos_embed, cls_token=cls_token,
+                      final_norm=True, stack=stack, rngs=rngs)
     self.masking_name = masking_name
     self.mask_options = masking_options or masking.Options(ratio=mask_ratio)
     strategy = masking.get(masking_name)
     strategy.check(self.grid, self.mask_options)
     patch_dim = math.prod(self.patch) * channels
-    stack = dict(dtype=dtype, attention=attention, remat=remat,
-                 remat_names=remat_names, scan_unroll=scan_unroll, rngs=rngs)
-
-    # Encoder. A Linear on flattened patches == a stride-p convolution.
-    self.patch_embed = dense(patch_dim, enc.width, ('patch', 'embed'),
-                             dtype=dtype, rngs=rngs)
-    self.pos_embed = position.build(pos_embed, self.grid, enc.width, rngs=rngs)
-    token_init = param_init(nnx.initializers.normal(0.02), (None, None, 'norm'))
-    self.cls_token = (nnx.Param(token_init(rngs.params(), (1, 1, enc.width)))
-                      if cls_token else None)
-    self.encoder = BlockStack(enc.depth, enc.width, enc.mlp_dim, enc.num_heads,
-                              **stack)
-    self.encoder_norm = layer_norm(enc.width, dtype=dtype, rngs=rngs)
     # Only strategies that declare a sampler get one (and its parameters).
     self.sampler = (TokenSampler(self.num_patches, enc.width, enc.num_heads,
                                  dtype=dtype, attention=attention, rngs=rngs)
@@ -117,16 +107,13 @@ class MAE(nnx.Module):
                                dtype=dtype, rngs=rngs)
     self.decoder_pos_embed = position.build(pos_embed, self.grid, dec.width,
                                             rngs=rngs)
+    token_init = param_init(nnx.initializers.normal(0.02), (None, None, 'norm'))
     self.mask_token = nnx.Param(token_init(rngs.params(), (1, 1, dec.width)))
     self.decoder = BlockStack(dec.depth, dec.width, dec.mlp_dim, dec.num_heads,
-                              **stack)
+                              **stack, rngs=rngs)
     self.decoder_norm = layer_norm(dec.width, dtype=dtype, rngs=rngs)
     self.decoder_pred = dense(dec.width, patch_dim, ('embed', 'patch'),
                               dtype=dtype, rngs=rngs)
-
-  @property
-  def num_patches(self) -> int:
-    return math.prod(self.grid)
 
   @property
   def mask_ratio(self) -> float:
@@ -135,14 +122,6 @@ class MAE(nnx.Module):
   @property
   def strategy(self) -> masking.Strategy:
     return masking.get(self.masking_name)
-
-  def patchify(self, x: jax.Array) -> jax.Array:
-    """[B, *S, C] -> [B, L, P]."""
-    return tokenizers.patchify(x, self.patch)
-
-  def unpatchify(self, tokens: jax.Array) -> jax.Array:
-    """[B, L, P] -> [B, *S, C]."""
-    return tokenizers.unpatchify(tokens, self.grid, self.patch, self.channels)
 
   def sampler_logits(self, patches: jax.Array) -> jax.Array:
     """[B, L, P] -> [B, L]: the adaptive strategy's token logits."""
@@ -160,27 +139,6 @@ class MAE(nnx.Module):
         inputs['logits'] = jax.lax.stop_gradient(self.sampler_logits(patches))
     return strategy.sample(rng, x.shape[0], self.grid, self.mask_options,
                            **inputs)
-
-  def encode(self, patches: jax.Array, ids_keep: jax.Array | None = None
-             ) -> jax.Array:
-    """patches: [B, L, P], ids_keep: [B, K] (None = all) -> [B, (1+)K, D].
-
-    Only the kept patches are embedded and encoded: at mask 0.75 the encoder
-    does about a quarter of the full-sequence work (MAE, Sec. 3).
-    """
-    b = patches.shape[0]
-    pos = self.pos_embed()  # [L, D]
-    if ids_keep is not None:
-      patches = tokenizers.gather_tokens(patches, ids_keep)
-      pos = jnp.take(pos, ids_keep, axis=0)  # [B, K, D]
-    x = self.patch_embed(patches)
-    x = x + pos.astype(x.dtype)
-    if self.cls_token is not None:  # zero position embedding, except MAE-ST's
-      cls = self.cls_token[...] + self.pos_embed.cls()
-      cls = jnp.broadcast_to(cls, (b, 1, x.shape[-1]))
-      x = jnp.concatenate([cls.astype(x.dtype), x], axis=1)
-    x = constrain(x, ('batch', 'length', 'act_embed'))
-    return self.encoder_norm(self.encoder(x))
 
   def decode(self, latent: jax.Array, mask: masking.Mask) -> jax.Array:
     """latent: [B, (1+)K, D] -> prediction [B, M, P] for the tokens of

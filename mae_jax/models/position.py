@@ -120,6 +120,38 @@ class SinCosFlat(_Fixed):
     return sinusoid_table(math.prod(self.grid), self.width)
 
 
+class Trainable(nnx.Module):
+  """A fixed kind's table as a parameter [L, D], with a cls embedding [1, D]
+  (zero at first): MAE fine-tuning trains the position embedding that
+  pretraining kept fixed (the official code loads the sin-cos table into
+  timm's learnable `pos_embed`, cls row included)."""
+
+  def __init__(self, table: np.ndarray):
+    init = param_init(lambda key, shape, dtype=jnp.float32: jnp.asarray(
+        table, dtype), (None, 'norm'))
+    self.table = nnx.Param(init(None, table.shape))
+    zeros = param_init(nnx.initializers.zeros_init(), (None, 'norm'))
+    self.cls_embed = nnx.Param(zeros(None, (1, table.shape[1])))
+
+  def __call__(self) -> jax.Array:
+    return self.table[...]
+
+  def cls(self) -> jax.Array:
+    return self.cls_embed[...][0]
+
+
+def trainable(name: str, grid: Sequence[int], width: int, *,
+              rngs: nnx.Rngs) -> nnx.Module:
+  """Kind `name` made trainable: a fixed table becomes a Trainable
+  initialized to it; a learned kind is returned as it is (its own
+  parameters)."""
+  kind = get(name)
+  check(name, grid, width)
+  if not issubclass(kind, _Fixed):
+    return kind(tuple(grid), width, rngs=rngs)
+  return Trainable(kind(tuple(grid), width, rngs=None).table())
+
+
 @register('learned_separable')
 class LearnedSeparable(nnx.Module):
   """space [S, D] (S = the last two grid axes) + time [T, D] (T = the axes

@@ -163,6 +163,15 @@ class Mlp(nnx.Module):
     return self.fc2(h)
 
 
+def drop_path(x: jax.Array, rate: jax.Array, key: jax.Array) -> jax.Array:
+  """Stochastic depth (Huang et al. 2016) as timm's DropPath: zeroes the
+  residual branch x: [B, ...] of whole examples with probability `rate`,
+  scaling the kept ones by 1 / (1 - rate)."""
+  keep = 1.0 - rate
+  kept = jax.random.bernoulli(key, keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+  return jnp.where(kept, x / keep.astype(x.dtype), jnp.zeros((), x.dtype))
+
+
 class Block(nnx.Module):
   """Pre-norm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
 
@@ -174,9 +183,20 @@ class Block(nnx.Module):
     self.norm2 = layer_norm(width, dtype=dtype, rngs=rngs)
     self.mlp = Mlp(width, mlp_dim, dtype=dtype, rngs=rngs)
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    x = x + self.attn(self.norm1(x))
-    x = x + self.mlp(self.norm2(x))
+  def __call__(self, x: jax.Array,
+               drop: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+    """drop: (rate [], key) drops each residual branch per example
+    (fine-tuning's drop path); None: no drop."""
+    a = self.attn(self.norm1(x))
+    if drop is not None:
+      rate, key = drop
+      k1, k2 = jax.random.split(key)
+      a = drop_path(a, rate, k1)
+    x = x + a
+    m = self.mlp(self.norm2(x))
+    if drop is not None:
+      m = drop_path(m, rate, k2)
+    x = x + m
     return constrain(x, ('batch', 'length', 'act_embed'))
 
 
@@ -222,16 +242,28 @@ class BlockStack(nnx.Module):
     self.scan_unroll = scan_unroll
     remat_policy(remat, remat_names)  # validate early
 
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, drop_path_rate: float = 0.0,
+               rng: jax.Array | None = None) -> jax.Array:
+    """drop_path_rate > 0 with an rng: block i drops its residual branches
+    at rate drop_path_rate * i / (depth - 1) (the linear rule of timm's ViT,
+    used by MAE fine-tuning)."""
     graphdef, stacked = nnx.split(self.layers)
+    depth = jax.tree.leaves(stacked)[0].shape[0]
+    drop = drop_path_rate > 0 and rng is not None
 
-    def body(x, layer_params):
-      return nnx.merge(graphdef, layer_params)(x), None
+    def body(x, scanned):
+      layer_params, rate, key = scanned
+      block = nnx.merge(graphdef, layer_params)
+      return block(x, (rate, key) if drop else None), None
 
     use_remat, policy = remat_policy(self.remat, self.remat_names)
     if use_remat:
       body = jax.checkpoint(body, policy=policy, prevent_cse=False)
-    x, _ = jax.lax.scan(body, x, stacked, unroll=self.scan_unroll)
+    rates = jnp.linspace(0.0, drop_path_rate, depth, dtype=jnp.float32)
+    keys = (jax.random.split(rng, depth) if drop
+            else jnp.zeros((depth,), jnp.uint32))
+    x, _ = jax.lax.scan(body, x, (stacked, rates, keys),
+                        unroll=self.scan_unroll)
     return x
 
 

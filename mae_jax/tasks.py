@@ -1,0 +1,112 @@
+"""What a run trains, chosen by `config.task`: the model it builds and the
+two halves of its loss, so the step, the loop, checkpoints, resume,
+preemption and sharding are the same for pretraining and fine-tuning.
+
+  prepare(model, batch, rng) -> inputs   outside the gradient: the mask to
+                                         sample, the augmentations to apply
+  loss(model, inputs, rng) -> terms      inside it: named scalar terms whose
+                                         sum is minimized (logged loss/<name>)
+
+`inputs` is a tuple of [B, ...] arrays, so gradient accumulation can cut it
+into micro-batches. Adding a task = a function config -> Task plus
+`@register('name')`.
+
+  pretrain  the masked autoencoder (models/mae.py, step.loss_terms)
+  classify  fine-tuning: the encoder plus a linear head (models/classifier.py)
+            on soft targets (label smoothing, mixup / cutmix) of augmented
+            images (RandAugment, random erasing: augment.py), MAE appendix A.3
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import ml_collections
+import optax
+from flax import nnx
+
+from mae_jax import augment
+from mae_jax import step as step_lib
+from mae_jax.models import classifier, mae
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  build: Callable[[ml_collections.ConfigDict, nnx.Rngs], nnx.Module]
+  batch_keys: tuple[str, ...]  # what the step reads from a batch
+  prepare: Callable[[Any, dict, jax.Array], tuple]
+  loss: Callable[[Any, tuple, jax.Array], dict[str, jax.Array]]
+
+
+TASKS: dict[str, Callable[[ml_collections.ConfigDict], Task]] = {}
+
+
+def register(name: str):
+  def wrap(fn):
+    TASKS[name] = fn
+    return fn
+  return wrap
+
+
+def get(config: ml_collections.ConfigDict) -> Task:
+  if config.task not in TASKS:
+    raise ValueError(f'task={config.task!r}: allowed {sorted(TASKS)}')
+  return TASKS[config.task](config)
+
+
+def pretraining(target: str) -> Task:
+  """The MAE objective with reconstruction target `target`."""
+
+  def prepare(model, batch, rng):
+    images = batch['image']
+    return images, model.sample_mask(rng, images)
+
+  def loss(model, inputs, rng):
+    del rng  # the mask was drawn in prepare
+    images, mask = inputs
+    return step_lib.loss_terms(model, images, mask, target)
+
+  return Task(mae.build, ('image',), prepare, loss)
+
+
+@register('pretrain')
+def pretrain(config: ml_collections.ConfigDict) -> Task:
+  return pretraining(config.target)
+
+
+@register('classify')
+def classify(config: ml_collections.ConfigDict) -> Task:
+  f = config.classify
+  mean, std = tuple(config.data.mean), tuple(config.data.std)
+
+  def prepare(model, batch, rng):
+    """-> (augmented images [B, *S, C], soft targets [B, K]). The order of
+    timm's pipeline: per-example RandAugment and erasing, then the batch's
+    mixup / cutmix."""
+    del model
+    images = batch['image']
+    k_aug, k_erase, k_mix = jax.random.split(rng, 3)
+    if f.randaugment_ops:
+      images = augment.rand_augment(
+          k_aug, images, mean=mean, std=std, num_ops=f.randaugment_ops,
+          magnitude=f.randaugment_magnitude,
+          magnitude_std=f.randaugment_magnitude_std)
+    if f.random_erase:
+      images = augment.random_erasing(k_erase, images, prob=f.random_erase)
+    targets = augment.smooth_one_hot(batch['label'], f.num_classes,
+                                     f.label_smoothing)
+    if f.mixup or f.cutmix:
+      images, targets = augment.mixup_cutmix(
+          k_mix, images, targets, mixup_alpha=f.mixup, cutmix_alpha=f.cutmix,
+          prob=f.mix_prob, switch_prob=f.mix_switch_prob)
+    return images, targets
+
+  def loss(model, inputs, rng):
+    images, targets = inputs
+    logits = model(images, rng)  # rng: drop path
+    return {'classification':
+            optax.softmax_cross_entropy(logits, targets).mean()}
+
+  return Task(classifier.build, ('image', 'label'), prepare, loss)
