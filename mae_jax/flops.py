@@ -76,6 +76,8 @@ def train_flops(config: ml_collections.ConfigDict) -> dict[str, int]:
   Also `encoder_tokens`, `decoder_tokens` (sequence lengths).
   """
   s = _shapes(config)
+  if config.task == 'classify':
+    return _classifier_flops(config, s)
   enc, dec, n_cls = s['enc'], s['dec'], s['n_cls']
   dual = s['predicted'] != s['length']
   t_enc = s['kept'] + n_cls
@@ -99,6 +101,21 @@ def train_flops(config: ml_collections.ConfigDict) -> dict[str, int]:
                     + out['head'] + out['sampler'])
   out['per_step'] = 3 * out['forward'] * config.batch_size
   out['encoder_tokens'], out['decoder_tokens'] = t_enc, t_dec
+  return out
+
+
+def _classifier_flops(config: ml_collections.ConfigDict, s: dict) -> dict:
+  """Fine-tuning (task='classify'): patch embedding and encoder on all L
+  (+1) tokens, the linear head on the pooled feature; no decoder."""
+  enc, t = s['enc'], s['length'] + s['n_cls']
+  block, attn = block_flops(t, enc.width, enc.mlp_dim)
+  out = dict(patch_embed=2 * s['length'] * s['patch_dim'] * enc.width,
+             encoder=enc.depth * block, decoder=0,
+             head=2 * enc.width * config.classify.num_classes, sampler=0,
+             attention=enc.depth * attn)
+  out['forward'] = out['patch_embed'] + out['encoder'] + out['head']
+  out['per_step'] = 3 * out['forward'] * config.batch_size
+  out['encoder_tokens'], out['decoder_tokens'] = t, 0
   return out
 
 

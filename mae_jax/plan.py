@@ -31,7 +31,6 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import app, flags
@@ -218,9 +217,7 @@ def plan(config, devices) -> dict[str, Any]:
   start = time.perf_counter()
   with sharding.rules_context(mesh, rules):
     setup = step_lib.StateSetup(config, tx, mesh)  # ConfigError if under-sharded
-    batch = {'image': jax.ShapeDtypeStruct(
-        (config.batch_size, *shape), jnp.float32,
-        sharding=setup.batch_shardings['image'])}
+    batch = setup.batch_spec(config.batch_size)
     key = jax.eval_shape(lambda: jax.random.key(0))
     lowered = setup.train_step(lr).lower(setup.abstract, batch, key)
   lowered_at = time.perf_counter()

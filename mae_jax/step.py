@@ -159,6 +159,15 @@ class StateSetup:
     self.batch_shardings = {k: sharding.batch_sharding(mesh, rules, ndim[k])
                             for k in self.task.batch_keys}
 
+  def batch_spec(self, batch_size: int) -> dict:
+    """The abstract global batch the step reads: 'image' float32
+    [B, *input_shape] and, for fine-tuning, 'label' int32 [B]."""
+    shapes = {'image': ((batch_size, *config_lib.input_shape(self.config)),
+                        jnp.float32),
+              'label': ((batch_size,), jnp.int32)}
+    return {k: jax.ShapeDtypeStruct(*shapes[k], sharding=s)
+            for k, s in self.batch_shardings.items()}
+
   def _init_params(self, key: jax.Array):
     model = self.task.build(self.config, nnx.Rngs(params=key))
     return nnx.to_pure_dict(nnx.state(model))

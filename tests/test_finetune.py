@@ -159,3 +159,12 @@ def test_bad_classify_configs_are_refused(key, value, match):
   node[rest[-1]] = value
   with pytest.raises(config_lib.ConfigError, match=match):
     config_lib.validate(c)
+
+
+def test_classifier_flops_are_the_full_encoder_plus_the_head():
+  from mae_jax import flops
+  c = _classify_config()
+  f = flops.train_flops(c)
+  assert f['decoder'] == 0 and f['encoder_tokens'] == 17  # 16 patches + cls
+  assert f['forward'] == flops.encoder_full_sequence_flops(c) + 2 * 32 * 10
+  assert f['per_step'] == 3 * f['forward'] * c.batch_size
