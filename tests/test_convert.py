@@ -435,7 +435,7 @@ def test_options_that_do_not_fit_the_weights():
     convert.read('videomae', str(PTH), convert.Options(frames=4,
                                                        image_size=16))
   with pytest.raises(convert.ConvertError, match='unknown format'):
-    convert.read('mae', str(PTH))
+    convert.read('no_such_format', str(PTH))
   with pytest.raises(convert.ConvertError, match='no such config key'):
     convert.read('videomae', str(PTH), convert.Options(
         frames=4, image_size=16, decoder_heads=2,

@@ -1,6 +1,10 @@
-"""Checkpoints of other MAE implementations -> mae_jax checkpoints.
+"""Checkpoints of other MAE implementations <-> mae_jax checkpoints.
 
-    python -m mae_jax.convert --from=videomae --in=checkpoint.pth --out=DIR
+    python -m mae_jax.convert --from=mae --in=checkpoint.pth --out=DIR
+    python -m mae_jax.convert --to=mae --in=WORKDIR --out=model.pth
+
+This module reads (--from); mae_jax/convert/export.py writes (--to: the
+official PyTorch layout, or every parameter as safetensors).
 
 A format is one function, registered by name, that reads the other
 implementation's state dict (its key names and tensor layouts) and returns
@@ -10,12 +14,17 @@ a mae_jax config and parameters:
     def read(state_dict: dict[str, array-like], options: Options) -> Converted
 
 It infers what the tensor shapes tell (width, depth, patch, decoder, ...) and
-takes the rest from `options` (what the user passed) or its own table of the
-official models; wrong, missing or unexpected keys and shapes are collected
-and raised as one ConvertError naming them.
+takes the rest from `options` (what the user passed, and the training
+arguments the checkpoint saved, if any) or its own table of the official
+models; wrong, missing or unexpected keys and shapes are collected and
+raised as one ConvertError naming them. A format may leave parameters the
+file does not have to a fresh initialization (Converted.fresh: e.g. the
+decoder of an encoder-only checkpoint); everything else must come from the
+file.
 
 `convert()` then checks the config, fills every parameter of the mae_jax
-model with the converted values (checking their shapes against the model),
+model (the model of config.task: the MAE, or the fine-tuning classifier)
+with the converted values (checking their shapes against the model),
 and writes DIR like a training workdir at step 0: DIR/config.json and
 DIR/checkpoints/0/ (the train state: parameters and a fresh optimizer state;
 the data iterator at its start; the config), plus DIR/converted.json (what
@@ -25,8 +34,12 @@ that starts from its parameters. DIR must be
 absent or empty; it is written under a temporary name and renamed when
 complete, so a failed conversion leaves nothing behind.
 
-Formats: videomae (MCG-NJU/VideoMAE and OpenGVLab/VideoMAEv2 pretraining
-checkpoints).
+Input files: torch.save checkpoints (.pth, read without PyTorch and without
+running code from the file: torch_pickle.py) or safetensors files.
+
+Formats: mae (facebookresearch/mae: pretraining checkpoints with or without
+their decoder, fine-tuned classifiers; also timm's ViT layout), videomae
+(MCG-NJU/VideoMAE and OpenGVLab/VideoMAEv2 pretraining checkpoints).
 """
 
 from __future__ import annotations
@@ -36,7 +49,7 @@ import datetime
 import json
 import os
 import shutil
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -57,7 +70,10 @@ class Options:
     weights); num_heads / decoder_heads: attention heads (not visible in the
     shapes); masking, mask_ratio: the masking of further training;
   overrides: {'dotted.config.key': value} applied to the written config
-    last (e.g. the data to evaluate or train on).
+    last (e.g. the data to evaluate or train on);
+  checkpoint_args: filled by read(): the training arguments saved beside the
+    weights (an argparse.Namespace 'args', as the official training scripts
+    save it) as a dict, {} if none; what the user passed comes first.
   """
   frames: int | None = None
   image_size: int | tuple[int, int] | None = None
@@ -66,6 +82,7 @@ class Options:
   masking: str | None = None
   mask_ratio: float | None = None
   overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  checkpoint_args: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -73,10 +90,14 @@ class Converted:
   """config: the mae_jax ConfigDict; params: from a format, {'a/b/c':
   array} with the '/'-joined paths of nnx.to_pure_dict(nnx.state(model));
   from read(), that nested pure dict itself (float32); notes: what the
-  conversion decided (printed, and saved in DIR/converted.json)."""
+  conversion decided (printed, and saved in DIR/converted.json); fresh:
+  path prefixes ('decoder', 'mask_token', ...) of parameters the file does
+  not have, which read() initializes as a new model of the final config
+  would be (seed config.seed)."""
   config: Any
   params: dict[str, np.ndarray]
   notes: list[str] = dataclasses.field(default_factory=list)
+  fresh: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,10 +163,71 @@ def state_dict_of(obj, path: str, key: str | None = None) -> dict[str, Any]:
   return {str(k): v for k, v in found.items()}
 
 
-def load_state_dict(path: str, key: str | None = None) -> dict[str, Any]:
-  """path (a torch.save file) -> {name: lazy tensor}."""
+def is_safetensors(path: str) -> bool:
+  """A safetensors file: an 8-byte little-endian header length, then the
+  JSON header."""
+  try:
+    with open(path, 'rb') as f:
+      head = f.read(9)
+  except OSError:
+    return False
+  return len(head) == 9 and head[8:9] == b'{' and int.from_bytes(
+      head[:8], 'little') <= max(os.path.getsize(path) - 8, 0)
+
+
+class _SafeTensor:
+  """A tensor of a safetensors file, read on demand (.shape, .dtype,
+  .numpy(); float16 / bfloat16 -> float32)."""
+
+  def __init__(self, path: str, name: str, shape, dtype: str):
+    self.path, self.name = path, name
+    self.shape, self.dtype = tuple(shape), dtype
+
+  def numpy(self) -> np.ndarray:
+    import safetensors  # pylint: disable=g-import-not-at-top
+    try:
+      with safetensors.safe_open(self.path, framework='numpy') as f:
+        x = f.get_tensor(self.name)
+    except Exception as e:  # pylint: disable=broad-except
+      raise ConvertError(f'{self.path}: tensor {self.name} cannot be read '
+                         f'({e}): the file is truncated or damaged') from None
+    return x.astype(np.float32) if x.dtype == np.float16 else x
+
+
+def _load_safetensors(path: str) -> dict[str, Any]:
+  import safetensors  # pylint: disable=g-import-not-at-top
+  try:
+    with safetensors.safe_open(path, framework='numpy') as f:
+      out = {}
+      for name in f.keys():
+        s = f.get_slice(name)
+        out[name] = _SafeTensor(path, name, s.get_shape(), s.get_dtype())
+  except Exception as e:  # pylint: disable=broad-except
+    raise ConvertError(f'{path}: not a readable safetensors file ({e}): '
+                       'truncated or damaged?') from None
+  return out
+
+
+def load_checkpoint(path: str, key: str | None = None
+                    ) -> tuple[dict[str, Any], dict[str, Any]]:
+  """path (a torch.save or safetensors file) -> ({name: lazy tensor}, the
+  training arguments saved beside it as a dict, or {})."""
+  if is_safetensors(path):
+    if key:
+      raise ConvertError(f'--key={key}: {path} is a safetensors file, a '
+                         'flat state dict without entries')
+    return _load_safetensors(path), {}
   from mae_jax.convert import torch_pickle  # pylint: disable=g-import-not-at-top
-  return state_dict_of(torch_pickle.load(path, lazy=True), path, key)
+  obj = torch_pickle.load(path, lazy=True)
+  args = obj.get('args') if isinstance(obj, dict) else None
+  args = dict(vars(args)) if isinstance(args, torch_pickle.Record) else (
+      dict(args) if isinstance(args, dict) else {})
+  return state_dict_of(obj, path, key), args
+
+
+def load_state_dict(path: str, key: str | None = None) -> dict[str, Any]:
+  """path (a torch.save or safetensors file) -> {name: lazy tensor}."""
+  return load_checkpoint(path, key)[0]
 
 
 def read(fmt: str, path: str, options: Options | None = None,
@@ -153,13 +235,19 @@ def read(fmt: str, path: str, options: Options | None = None,
   """Reads and converts `path` (nothing is written): -> Converted with a
   validated config and parameters that fit its model."""
   format_ = get_format(fmt)
-  state_dict = load_state_dict(path, key)
+  state_dict, args = load_checkpoint(path, key)
+  options = dataclasses.replace(options or Options(), checkpoint_args=args)
   try:
-    converted = format_.read(state_dict, options or Options())
+    converted = format_.read(state_dict, options)
   except ConvertError as e:
     raise ConvertError(f'{path}: {e}') from None
-  _finish_config(converted, options or Options())
-  converted.params = fit_params(converted.config, converted.params)
+  _finish_config(converted, options)
+  converted.params, fresh = fit_params(converted.config, converted.params,
+                                       converted.fresh)
+  if fresh:
+    converted.notes.append(
+        f'freshly initialized (not in the file; seed {converted.config.seed}'
+        f'): {", ".join(fresh)}')
   return converted
 
 
@@ -182,16 +270,35 @@ def _finish_config(converted: Converted, options: Options) -> None:
     raise ConvertError(f'the converted config is not valid: {e}') from None
 
 
-def fit_params(config, flat: Mapping[str, np.ndarray]) -> dict:
-  """{'a/b': array} -> the model's nested pure dict, float32, after
-  checking that the keys and shapes are exactly those of the model."""
+def _flat_paths(tree) -> dict[str, Any]:
+  import jax  # pylint: disable=g-import-not-at-top
+  return {'/'.join(str(getattr(k, 'key', k)) for k in p): x for p, x in
+          jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def fit_params(config, flat: Mapping[str, np.ndarray],
+               fresh: Sequence[str] = ()) -> tuple[dict, list[str]]:
+  """{'a/b': array} -> (the nested pure dict of config.task's model,
+  float32; the parameters initialized fresh), after checking that the keys
+  and shapes are exactly those of the model. A parameter the model has and
+  `flat` lacks is initialized (seed config.seed) if its path starts with
+  one of `fresh`, else it is an error."""
   import jax  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
-  from mae_jax.models import mae  # pylint: disable=g-import-not-at-top
+  from mae_jax import tasks  # pylint: disable=g-import-not-at-top
+  build = tasks.get(config).build
   abstract = nnx.to_pure_dict(nnx.state(nnx.eval_shape(
-      lambda: mae.build(config, nnx.Rngs(0)))))
-  want = {'/'.join(str(getattr(k, 'key', k)) for k in p): x for p, x in
-          jax.tree_util.tree_flatten_with_path(abstract)[0]}
+      lambda: build(config, nnx.Rngs(0)))))
+  want = _flat_paths(abstract)
+  under = lambda k, prefixes: any(k == p or k.startswith(p + '/')
+                                  for p in prefixes)
+  new = sorted(k for k in set(want) - set(flat) if under(k, fresh))
+  if new:
+    def init():
+      model = build(config, nnx.Rngs(params=config.seed))
+      made = _flat_paths(nnx.to_pure_dict(nnx.state(model)))
+      return {k: made[k] for k in new}
+    flat = {**flat, **jax.device_get(jax.jit(init)())}
   problems = [f'{k}: not produced' for k in sorted(set(want) - set(flat))]
   problems += [f'{k}: produced, but the model has no such parameter'
                for k in sorted(set(flat) - set(want))]
@@ -206,7 +313,7 @@ def fit_params(config, flat: Mapping[str, np.ndarray]) -> dict:
     return {k: (fill(v, f'{prefix}{k}/') if isinstance(v, dict) else
                 np.ascontiguousarray(flat[f'{prefix}{k}'], np.float32))
             for k, v in tree.items()}
-  return fill(abstract)
+  return fill(abstract), new
 
 
 def _check_out(out: str) -> None:
@@ -281,4 +388,4 @@ def convert(fmt: str, path: str, out: str, options: Options | None = None,
 
 
 # Formats register themselves on import.
-from mae_jax.convert import videomae  # pylint: disable=wrong-import-position,unused-import
+from mae_jax.convert import mae, videomae  # pylint: disable=wrong-import-position,unused-import

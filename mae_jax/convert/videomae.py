@@ -38,7 +38,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from mae_jax.convert import (Converted, ConvertError, Options, as_array,
-                             register)
+                             register, vit_layout)
 
 # The official pretraining models (encoder width -> size name; decoder heads).
 # VideoMAE: S/B/L/H decoders 192/384/512/640 wide with 3/6/8/8 heads;
@@ -49,11 +49,6 @@ DEFAULT_FRAMES = 16
 DEFAULT_IMAGE_SIZE = 224
 DEFAULT_MASK_RATIO = 0.9
 
-_BLOCK_PARAMS = ('norm1.weight', 'norm1.bias', 'attn.qkv.weight',
-                 'attn.q_bias', 'attn.v_bias', 'attn.proj.weight',
-                 'attn.proj.bias', 'norm2.weight', 'norm2.bias',
-                 'mlp.fc1.weight', 'mlp.fc1.bias', 'mlp.fc2.weight',
-                 'mlp.fc2.bias')
 # Keys whose presence says which unsupported option a model was built with.
 _HINTS = (
     (r'\.gamma_[12]$', 'layer scale (init_values > 0), which mae_jax blocks '
@@ -68,62 +63,8 @@ _HINTS = (
 )
 
 
-def _block_shapes(width: int, mlp: int) -> dict[str, tuple[int, ...]]:
-  return {'norm1.weight': (width,), 'norm1.bias': (width,),
-          'attn.qkv.weight': (3 * width, width), 'attn.q_bias': (width,),
-          'attn.v_bias': (width,), 'attn.qkv.bias': (3 * width,),
-          'attn.proj.weight': (width, width), 'attn.proj.bias': (width,),
-          'norm2.weight': (width,), 'norm2.bias': (width,),
-          'mlp.fc1.weight': (mlp, width), 'mlp.fc1.bias': (mlp,),
-          'mlp.fc2.weight': (width, mlp), 'mlp.fc2.bias': (width,)}
-
-
-def _depth(keys, prefix: str) -> int:
-  ids = {int(m[1]) for k in keys for m in [re.match(
-      rf'{re.escape(prefix)}(\d+)\.', k)] if m}
-  return max(ids) + 1 if ids else 0
-
-
-class _Report:
-  """Collects every missing / unexpected / mis-shaped key, raises once."""
-
-  def __init__(self, sd: Mapping[str, Any]):
-    self.sd = sd
-    self.expected: dict[str, tuple[int, ...]] = {}
-    self.optional: dict[str, tuple[int, ...]] = {}
-
-  def expect(self, key: str, shape, optional: bool = False) -> None:
-    (self.optional if optional else self.expected)[key] = tuple(shape)
-
-  def check(self) -> None:
-    sd = self.sd
-    missing = [k for k in self.expected if k not in sd]
-    known = set(self.expected) | set(self.optional)
-    unexpected = [k for k in sd if k not in known]
-    shapes = [f'{k}: shape {tuple(sd[k].shape)}, expected {want}'
-              for k, want in {**self.expected, **self.optional}.items()
-              if k in sd and tuple(sd[k].shape) != want]
-    if not (missing or unexpected or shapes):
-      return
-    parts = []
-    if missing:
-      parts.append(f'{len(missing)} missing key(s): ' + _listed(missing))
-    if unexpected:
-      parts.append(f'{len(unexpected)} unexpected key(s): '
-                   + _listed(unexpected))
-      hints = sorted({why for k in unexpected for pattern, why in _HINTS
-                      if re.search(pattern, k)})
-      if hints:
-        parts.append('they look like ' + '; '.join(hints))
-    if shapes:
-      parts.append(f'{len(shapes)} wrong shape(s): ' + _listed(shapes))
-    raise ConvertError('not a VideoMAE pretraining state dict this converter '
-                       'can read:\n  ' + '\n  '.join(parts))
-
-
-def _listed(items, limit: int = 12) -> str:
-  more = f', ... ({len(items) - limit} more)' if len(items) > limit else ''
-  return ', '.join(items[:limit]) + more
+def _report(sd: Mapping[str, Any]) -> vit_layout.Report:
+  return vit_layout.Report(sd, 'a VideoMAE pretraining state dict', _HINTS)
 
 
 def _require(sd, key: str):
@@ -137,21 +78,6 @@ def _require(sd, key: str):
         f'. Its first keys: {sorted(sd)[:8]}' + (f'; encoder keys: {enc}'
                                                  if enc else ''))
   return sd[key]
-
-
-def _variant_name(width: int, depth: int, mlp: int) -> str:
-  from mae_jax.models import vit  # pylint: disable=g-import-not-at-top
-  for name in vit.VARIANTS:
-    s = vit.decode_variant(f'{name}/1')
-    if (s.width, s.depth, s.mlp_dim) == (width, depth, mlp):
-      return name
-  table = ', '.join(f'{n} {vit.decode_variant(n + "/1").width}/'
-                    f'{vit.decode_variant(n + "/1").depth}/'
-                    f'{vit.decode_variant(n + "/1").mlp_dim}'
-                    for n in vit.VARIANTS)
-  raise ConvertError(
-      f'the encoder is {width} wide with {depth} blocks and an MLP of {mlp}: '
-      f'no mae_jax ViT size matches (width/depth/MLP: {table})')
 
 
 def _check_sinusoid(sd, key: str, width: int) -> int | None:
@@ -174,84 +100,13 @@ def _check_sinusoid(sd, key: str, width: int) -> int | None:
 
 
 def _decoder_spec(width: int, depth: int, heads: int, mlp: int) -> str:
-  from mae_jax.models import mae  # pylint: disable=g-import-not-at-top
-  spec = f'{width}d{depth}b{heads}h'
-  if mlp == 4 * width:
-    return spec
-  # VideoMAE V2's ViT-g uses mlp_ratio 48/11 in its decoder too.
   try:
-    if mae.decode_decoder(f'{spec}{mlp}m').mlp_dim == mlp:
-      return f'{spec}{mlp}m'
-  except ValueError:
-    pass
-  raise ConvertError(
-      f'the decoder\'s MLP is {mlp} wide, {mlp / width:.4g} x its width '
-      f'{width}; mae_jax decoders ("{spec}") have 4 x width = {4 * width}. '
-      '(VideoMAE V2 ViT-g uses mlp_ratio 48/11 in its decoder: converting it '
-      'needs a decoder spec with an MLP width, e.g. "512d4b8h2234m")')
-
-
-def _linear(w) -> np.ndarray:
-  """torch Linear weight [out, in] -> kernel [in, out]."""
-  return as_array(w).astype(np.float32).T
-
-
-def _blocks(sd, prefix: str, depth: int, width: int, heads: int,
-            has_qv_bias: bool, has_qkv_bias: bool) -> dict[str, np.ndarray]:
-  """The stacked ('layers' leading axis) parameters of `depth` blocks,
-  filled one block at a time (a large model is not held twice)."""
-  k = width // heads
-  out: dict[str, np.ndarray] = {}
-  for i in range(depth):
-    g = lambda name: as_array(sd[f'{prefix}{i}.{name}']).astype(np.float32)
-    if has_qkv_bias:
-      qkv_bias = g('attn.qkv.bias')
-    elif has_qv_bias:  # VideoMAE: (q_bias, 0, v_bias)
-      qkv_bias = np.concatenate([g('attn.q_bias'), np.zeros(width, np.float32),
-                                 g('attn.v_bias')])
-    else:
-      qkv_bias = np.zeros(3 * width, np.float32)
-    block = {
-        'norm1/scale': lambda: g('norm1.weight'),
-        'norm1/bias': lambda: g('norm1.bias'),
-        # [3D, D] rows ordered (q|k|v, head, dim) -> [D, 3, H, K]
-        'attn/qkv/kernel': lambda: g('attn.qkv.weight').T.reshape(
-            width, 3, heads, k),
-        'attn/qkv/bias': lambda: qkv_bias.reshape(3, heads, k),
-        # [D, H*K] -> [H, K, D]
-        'attn/out/kernel': lambda: g('attn.proj.weight').T.reshape(
-            heads, k, width),
-        'attn/out/bias': lambda: g('attn.proj.bias'),
-        'norm2/scale': lambda: g('norm2.weight'),
-        'norm2/bias': lambda: g('norm2.bias'),
-        'mlp/fc1/kernel': lambda: g('mlp.fc1.weight').T,
-        'mlp/fc1/bias': lambda: g('mlp.fc1.bias'),
-        'mlp/fc2/kernel': lambda: g('mlp.fc2.weight').T,
-        'mlp/fc2/bias': lambda: g('mlp.fc2.bias'),
-    }
-    for name, make in block.items():
-      value = make()
-      if name not in out:
-        out[name] = np.empty((depth, *value.shape), np.float32)
-      out[name][i] = value
-  return out
-
-
-def _expect_blocks(report: _Report, sd, prefix: str, depth: int, width: int,
-                   mlp: int) -> tuple[bool, bool]:
-  """-> (q/v biases present, a full qkv bias present)."""
-  keys = [k for k in sd if k.startswith(prefix)]
-  has_qv = any(k.endswith(('.attn.q_bias', '.attn.v_bias')) for k in keys)
-  has_qkv = any(k.endswith('.attn.qkv.bias') for k in keys)
-  shapes = _block_shapes(width, mlp)
-  for i in range(depth):
-    for name in _BLOCK_PARAMS:
-      if name in ('attn.q_bias', 'attn.v_bias') and not has_qv:
-        continue  # qkv_bias=False, or a full qkv bias instead
-      report.expect(f'{prefix}{i}.{name}', shapes[name])
-    if has_qkv:
-      report.expect(f'{prefix}{i}.attn.qkv.bias', shapes['attn.qkv.bias'])
-  return has_qv, has_qkv
+    return vit_layout.decoder_spec(width, depth, heads, mlp)
+  except ConvertError as e:
+    raise ConvertError(
+        f'{e}. (VideoMAE V2 ViT-g uses mlp_ratio 48/11 in its decoder: '
+        'converting it needs a decoder spec with an MLP width, e.g. '
+        '"512d4b8h2234m")') from None
 
 
 def _image_size(value) -> tuple[int, int]:
@@ -275,13 +130,13 @@ def read_videomae(sd: Mapping[str, Any], options: Options) -> Converted:
                        f'{tuple(proj.shape)}, expected a Conv3d weight '
                        '(width, channels, tubelet, patch, patch)')
   width, channels, dt, ph, pw = (int(s) for s in proj.shape)
-  depth = _depth(sd, 'encoder.blocks.')
+  depth = vit_layout.depth_of(sd, 'encoder.blocks.')
   if not depth:
     raise ConvertError('no encoder.blocks.<i>.* keys: not a VideoMAE '
                        'pretraining state dict')
   mlp = int(_require(sd, 'encoder.blocks.0.mlp.fc1.weight').shape[0])
   dec_width = int(_require(sd, 'mask_token').shape[-1])
-  dec_depth = _depth(sd, 'decoder.blocks.')
+  dec_depth = vit_layout.depth_of(sd, 'decoder.blocks.')
   if not dec_depth:
     raise ConvertError('no decoder.blocks.<i>.* keys: an encoder-only (or '
                        'fine-tuned) checkpoint; the videomae format reads '
@@ -289,17 +144,17 @@ def read_videomae(sd: Mapping[str, Any], options: Options) -> Converted:
   dec_mlp = int(_require(sd, 'decoder.blocks.0.mlp.fc1.weight').shape[0])
   patch_dim = channels * dt * ph * pw
 
-  report = _Report(sd)
+  report = _report(sd)
   report.expect('encoder.patch_embed.proj.weight', (width, channels, dt, ph, pw))
   report.expect('encoder.patch_embed.proj.bias', (width,))
-  has_qv, has_qkv = _expect_blocks(report, sd, 'encoder.blocks.', depth,
-                                   width, mlp)
+  has_qv, has_qkv = vit_layout.expect_blocks(report, sd, 'encoder.blocks.',
+                                             depth, width, mlp)
   report.expect('encoder.norm.weight', (width,))
   report.expect('encoder.norm.bias', (width,))
   report.expect('encoder_to_decoder.weight', (dec_width, width))
   report.expect('mask_token', (1, 1, dec_width))
-  dec_qv, dec_qkv = _expect_blocks(report, sd, 'decoder.blocks.', dec_depth,
-                                   dec_width, dec_mlp)
+  dec_qv, dec_qkv = vit_layout.expect_blocks(report, sd, 'decoder.blocks.',
+                                             dec_depth, dec_width, dec_mlp)
   report.expect('decoder.norm.weight', (dec_width,))
   report.expect('decoder.norm.bias', (dec_width,))
   report.expect('decoder.head.weight', (patch_dim, dec_width))
@@ -311,7 +166,7 @@ def read_videomae(sd: Mapping[str, Any], options: Options) -> Converted:
   report.check()
 
   # Sizes.
-  size = _variant_name(width, depth, mlp)
+  size = vit_layout.variant_name(width, depth, mlp)
   table_heads = vit.decode_variant(f'{size}/1').num_heads
   if options.num_heads and options.num_heads != table_heads:
     raise ConvertError(
@@ -372,27 +227,28 @@ def read_videomae(sd: Mapping[str, Any], options: Options) -> Converted:
   c.optim.warmup_epochs = 40.0
 
   # Parameters.
-  w = as_array(proj).astype(np.float32)  # [D, C, t, p, p] -> [(t p p C), D]
   params = {
-      'patch_embed/kernel': w.transpose(2, 3, 4, 1, 0).reshape(patch_dim,
-                                                              width),
+      # [D, C, t, p, p] -> [(t p p C), D]
+      'patch_embed/kernel': vit_layout.patch_kernel_from_conv(proj),
       'patch_embed/bias': as_array(sd['encoder.patch_embed.proj.bias']),
       'encoder_norm/scale': as_array(sd['encoder.norm.weight']),
       'encoder_norm/bias': as_array(sd['encoder.norm.bias']),
-      'decoder_embed/kernel': _linear(sd['encoder_to_decoder.weight']),
+      'decoder_embed/kernel': vit_layout.linear(
+          sd['encoder_to_decoder.weight']),
       'decoder_embed/bias': np.zeros(dec_width, np.float32),
       'mask_token': as_array(sd['mask_token']),
       'decoder_norm/scale': as_array(sd['decoder.norm.weight']),
       'decoder_norm/bias': as_array(sd['decoder.norm.bias']),
-      'decoder_pred/kernel': _linear(sd['decoder.head.weight']),
+      'decoder_pred/kernel': vit_layout.linear(sd['decoder.head.weight']),
       'decoder_pred/bias': as_array(sd['decoder.head.bias']),
   }
   enc_heads = table_heads
-  for name, x in _blocks(sd, 'encoder.blocks.', depth, width, enc_heads,
-                         has_qv, has_qkv).items():
+  for name, x in vit_layout.blocks_from_torch(
+      sd, 'encoder.blocks.', depth, width, enc_heads, has_qv, has_qkv).items():
     params[f'encoder/layers/{name}'] = x
-  for name, x in _blocks(sd, 'decoder.blocks.', dec_depth, dec_width,
-                         dec_heads, dec_qv, dec_qkv).items():
+  for name, x in vit_layout.blocks_from_torch(
+      sd, 'decoder.blocks.', dec_depth, dec_width, dec_heads, dec_qv,
+      dec_qkv).items():
     params[f'decoder/layers/{name}'] = x
   params = {k: np.asarray(v, np.float32) for k, v in params.items()}
 
