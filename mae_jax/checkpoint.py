@@ -45,6 +45,14 @@ ARCHITECTURE_KEYS = ('model.variant', 'model.decoder', 'model.image_size',
 # The keys of the encoder alone (init_from across tasks checks these).
 ENCODER_KEYS = ('model.variant', 'model.image_size', 'model.frames',
                 'model.channels', 'model.cls_token', 'model.pos_embed')
+def encoder_diffs(saved, want, what: str) -> list[str]:
+  """'key: checkpoint has A, <what> has B' for each ENCODER_KEYS entry where
+  the config `saved` (a checkpoint's) and `want` differ."""
+  return [f'{k}: checkpoint has {saved[a][b]!r}, {what} has {want[a][b]!r}'
+          for k in ENCODER_KEYS for a, b in [k.split('.')]
+          if normalize(saved[a][b]) != normalize(want[a][b])]
+
+
 # Architecture keys added later, with the value older checkpoints were made with.
 _BEFORE_KEY = {'model.frames': 0, 'model.pos_embed': 'sincos'}
 ITEMS = ('state', 'data', 'meta')

@@ -40,11 +40,7 @@ def _apply_recipe(config, recipe) -> None:
   """The recipe's evals, data and eval_batch_size into the run's config;
   ConfigError if its encoder is not the checkpoint's."""
   from mae_jax import checkpoint, config as config_lib  # pylint: disable=g-import-not-at-top
-  diffs = [f'{k}: checkpoint has {config[a][b]!r}, recipe has '
-           f'{recipe[a][b]!r}' for k in checkpoint.ENCODER_KEYS
-           for a, b in [k.split('.')]
-           if checkpoint.normalize(config[a][b]) !=
-           checkpoint.normalize(recipe[a][b])]
+  diffs = checkpoint.encoder_diffs(config, recipe, 'recipe')
   if diffs:
     raise config_lib.ConfigError(
         'the evaluation recipe (--config) describes another encoder than '

@@ -219,11 +219,7 @@ class _InitFrom:
   def _source_abstract(self, config, saved, root: str):
     """The abstract train state of the checkpoint's own task; its encoder
     must be the one the config asks for."""
-    diffs = [f'{k}: checkpoint has {saved[a][b]!r}, config has '
-             f'{config[a][b]!r}' for k in checkpoint.ENCODER_KEYS
-             for a, b in [k.split('.')]
-             if checkpoint.normalize(saved[a][b]) !=
-             checkpoint.normalize(config[a][b])]
+    diffs = checkpoint.encoder_diffs(saved, config, 'config')
     if diffs:
       raise errors.CheckpointError(
           f'config.init_from={root} (task {saved.task!r}) has another '

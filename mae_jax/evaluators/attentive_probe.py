@@ -33,8 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mae_jax.config import ConfigError
-from mae_jax.evaluators.base import FeatureEvaluator, register
+from mae_jax.evaluators.base import FeatureEvaluator, check_training, register
 from mae_jax.evaluators.features import TOKENS
 from mae_jax.evaluators.linear_probe import warmup_cosine
 
@@ -177,15 +176,7 @@ class AttentiveProbe(FeatureEvaluator):
   def check_config(config, cfg) -> None:
     from mae_jax.models import vit  # pylint: disable=g-import-not-at-top
     key = 'config.evals.attentive_probe'
-    if cfg.epochs < 1 or cfg.batch_size < 1:
-      raise ValueError(f'{key}: epochs={cfg.epochs} and batch_size='
-                       f'{cfg.batch_size} must be >= 1')
-    if not 0 <= cfg.warmup_epochs <= cfg.epochs:
-      raise ValueError(f'{key}.warmup_epochs={cfg.warmup_epochs}: must be in '
-                       f'[0, epochs={cfg.epochs}]')
-    if cfg.lr <= 0 or cfg.weight_decay < 0:
-      raise ValueError(f'{key}: lr={cfg.lr} must be > 0 and weight_decay='
-                       f'{cfg.weight_decay} >= 0')
+    check_training(key, cfg, 'lr')
     width = vit.decode_variant(config.model.variant).width
     if cfg.num_heads < 1 or width % cfg.num_heads:
       allowed = [h for h in range(1, width + 1) if width % h == 0]
@@ -193,21 +184,11 @@ class AttentiveProbe(FeatureEvaluator):
                        f'encoder width {width} (model.variant='
                        f'{config.model.variant!r}); allowed {allowed}')
 
-  def labelled_features(self, params, tag):
-    """-> (train tokens [N, L, D], train_y, test tokens, test_y,
-    num_classes); not cached (see the module docstring)."""
-    c, cfg = self.ctx.config, self.cfg
-    def tokens(split, max_examples):
-      return self.ctx.features(params, split, pool=TOKENS,
-                               max_examples=max_examples, tag=tag, cache=False)
-    train_x, train_y = tokens(c.data.split, cfg.max_train_examples)
-    test_x, test_y = tokens(c.data.eval_split, cfg.max_test_examples)
-    if train_y.min() < 0 or test_y.min() < 0:
-      raise ConfigError(f'evaluator {self.name} needs labels, but '
-                        f'config.data.source={c.data.source!r} has unlabelled '
-                        'examples')
-    num_classes = int(max(train_y.max(), test_y.max())) + 1
-    return train_x, train_y, test_x, test_y, num_classes
+  def labelled_features(self, params, tag, pool=None, cache=True):
+    """Every patch token [N, L, D] of both splits; not cached (see the
+    module docstring)."""
+    del pool, cache
+    return super().labelled_features(params, tag, pool=TOKENS, cache=False)
 
   def score(self, train_x, train_y, test_x, test_y, num_classes: int) -> float:
     c = self.cfg

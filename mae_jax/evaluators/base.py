@@ -99,35 +99,58 @@ class FeatureEvaluator(Evaluator):
   def score(self, train_x, train_y, test_x, test_y, num_classes: int) -> float:
     raise NotImplementedError
 
+  def metrics(self, train_x, train_y, test_x, test_y, num_classes: int
+              ) -> dict[str, float]:
+    """{'accuracy': score()}; an evaluator may add keys (e.g. top5)."""
+    return {'accuracy': self.score(train_x, train_y, test_x, test_y,
+                                   num_classes)}
+
   def run(self, params, step: int, tag: str = 'trained'
           ) -> dict[str, float]:
     out = {}
     for prefix, p, tag in (('', params, (tag, step)),
                            ('random_init_', self.ctx.baseline_params(),
                             'baseline')):
-      out[f'{self.name}/{prefix}accuracy'] = self.score(
-          *self.labelled_features(p, tag))
+      for key, value in self.metrics(*self.labelled_features(p, tag)).items():
+        out[f'{self.name}/{prefix}{key}'] = value
     return out
 
-  def labelled_features(self, params, tag):
-    """-> (train_x, train_y, test_x, test_y, num_classes): pooled features of
-    config.data.split and config.data.eval_split (see FeatureExtractor)."""
+  def labelled_features(self, params, tag, pool: str | None = None,
+                        cache: bool = True):
+    """-> (train_x, train_y, test_x, test_y, num_classes): features of
+    config.data.split and config.data.eval_split (see FeatureExtractor),
+    pooled as `pool` (default the evaluator's cfg.pool)."""
     c, cfg = self.ctx.config, self.cfg
+    pool = pool or cfg.pool
     if not c.data.eval_split:
       raise ConfigError(f'evaluator {self.name} needs config.data.eval_split '
                        '(a labelled test split); it is empty')
     train_x, train_y = self.ctx.features(
-        params, c.data.split, pool=cfg.pool,
-        max_examples=cfg.max_train_examples, tag=tag)
+        params, c.data.split, pool=pool, max_examples=cfg.max_train_examples,
+        tag=tag, cache=cache)
     test_x, test_y = self.ctx.features(
-        params, c.data.eval_split, pool=cfg.pool,
-        max_examples=cfg.max_test_examples, tag=tag)
+        params, c.data.eval_split, pool=pool,
+        max_examples=cfg.max_test_examples, tag=tag, cache=cache)
     if train_y.min() < 0 or test_y.min() < 0:
       raise ConfigError(f'evaluator {self.name} needs labels, but '
                        f'config.data.source={c.data.source!r} has unlabelled '
                        'examples')
     num_classes = int(max(train_y.max(), test_y.max())) + 1
     return train_x, train_y, test_x, test_y, num_classes
+
+
+def check_training(key: str, cfg, lr_key: str) -> None:
+  """The checks every trained probe shares: epochs, batch, warmup, lr and
+  weight decay (ValueError naming `key`, e.g. 'config.evals.linear_probe')."""
+  if cfg.epochs < 1 or cfg.batch_size < 1:
+    raise ValueError(f'{key}: epochs={cfg.epochs} and batch_size='
+                     f'{cfg.batch_size} must be >= 1')
+  if not 0 <= cfg.warmup_epochs <= cfg.epochs:
+    raise ValueError(f'{key}.warmup_epochs={cfg.warmup_epochs}: must be in '
+                     f'[0, epochs={cfg.epochs}]')
+  if cfg[lr_key] <= 0 or cfg.weight_decay < 0:
+    raise ValueError(f'{key}: {lr_key}={cfg[lr_key]} must be > 0 and '
+                     f'weight_decay={cfg.weight_decay} >= 0')
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:

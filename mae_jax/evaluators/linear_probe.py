@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mae_jax.evaluators.base import FeatureEvaluator, register
+from mae_jax.evaluators.base import FeatureEvaluator, check_training, register
 from mae_jax.evaluators.features import POOLS
 
 
@@ -234,15 +234,7 @@ class LinearProbe(FeatureEvaluator):
     key = 'config.evals.linear_probe'
     if cfg.pool not in POOLS:
       raise ValueError(f'{key}.pool={cfg.pool!r}: allowed {POOLS}')
-    if cfg.epochs < 1 or cfg.batch_size < 1:
-      raise ValueError(f'{key}: epochs={cfg.epochs} and batch_size='
-                       f'{cfg.batch_size} must be >= 1')
-    if not 0 <= cfg.warmup_epochs <= cfg.epochs:
-      raise ValueError(f'{key}.warmup_epochs={cfg.warmup_epochs}: must be in '
-                       f'[0, epochs={cfg.epochs}]')
-    if cfg.base_lr <= 0 or cfg.weight_decay < 0:
-      raise ValueError(f'{key}: base_lr={cfg.base_lr} must be > 0 and '
-                       f'weight_decay={cfg.weight_decay} >= 0')
+    check_training(key, cfg, 'base_lr')
 
   def scores(self, train_x, train_y, test_x, test_y, num_classes: int):
     c = self.cfg
@@ -255,15 +247,8 @@ class LinearProbe(FeatureEvaluator):
   def score(self, train_x, train_y, test_x, test_y, num_classes: int) -> float:
     return self.scores(train_x, train_y, test_x, test_y, num_classes)['top1']
 
-  def run(self, params, step: int, tag: str = 'trained'
-          ) -> dict[str, float]:
-    out = {}
-    for prefix, p, tag in (('', params, (tag, step)),
-                           ('random_init_', self.ctx.baseline_params(),
-                            'baseline')):
-      features = self.labelled_features(p, tag)
-      s = self.scores(*features)
-      out[f'{self.name}/{prefix}accuracy'] = s['top1']
-      if features[-1] > 5:
-        out[f'{self.name}/{prefix}top5'] = s['top5']
-    return out
+  def metrics(self, train_x, train_y, test_x, test_y, num_classes: int
+              ) -> dict[str, float]:
+    s = self.scores(train_x, train_y, test_x, test_y, num_classes)
+    return {'accuracy': s['top1'], **({'top5': s['top5']}
+                                      if num_classes > 5 else {})}
