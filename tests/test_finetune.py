@@ -168,3 +168,13 @@ def test_classifier_flops_are_the_full_encoder_plus_the_head():
   assert f['decoder'] == 0 and f['encoder_tokens'] == 17  # 16 patches + cls
   assert f['forward'] == flops.encoder_full_sequence_flops(c) + 2 * 32 * 10
   assert f['per_step'] == 3 * f['forward'] * c.batch_size
+
+
+def test_fine_tuning_needs_labels_below_the_heads_classes():
+  import types
+  c = _classify_config()
+  with pytest.raises(config_lib.ConfigError, match='is unlabelled'):
+    train._check_labels(c, types.SimpleNamespace(num_classes=0))
+  with pytest.raises(config_lib.ConfigError, match='set it to at least 12'):
+    train._check_labels(c, types.SimpleNamespace(num_classes=12))
+  train._check_labels(c, types.SimpleNamespace(num_classes=10))
