@@ -27,9 +27,8 @@ from safetensors import numpy as st
 
 import mae_jax
 from mae_jax import config as config_lib
-from mae_jax import convert, evaluate, masking, optim, sharding
+from mae_jax import convert, evaluate, init_from, masking, optim, sharding
 from mae_jax import step as step_lib
-from mae_jax import train
 from mae_jax.convert import export, torch_pickle, torch_save
 from mae_jax.convert import mae as mae_format
 
@@ -255,7 +254,7 @@ def test_fine_tuning_starts_from_an_encoder_only_conversion(encoder_only):
   mesh = sharding.make_mesh(c.mesh)
   with sharding.rules_context(mesh, c.sharding.rules):
     setup = step_lib.StateSetup(c, tx, mesh)
-    init = train._InitFrom(c, setup)  # pylint: disable=protected-access
+    init = init_from.InitFrom(c, setup)
     params = init.restore(tx, jax.random.key(0)).params
   for name in ('encoder', 'patch_embed', 'cls_token'):
     jax.tree.map(np.testing.assert_array_equal, params[name], source[name])

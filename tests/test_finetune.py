@@ -13,7 +13,7 @@ from flax import nnx
 
 import mae_jax
 from mae_jax import config as config_lib
-from mae_jax import optim, sharding, step as step_lib, train
+from mae_jax import init_from, optim, sharding, step as step_lib, train
 from mae_jax.evaluators import classification
 from mae_jax.models import classifier, vit
 from conftest import load_config
@@ -91,7 +91,7 @@ def test_init_from_a_pretraining_run_copies_the_encoder(pretrained):
   mesh = sharding.make_mesh(c.mesh)
   with sharding.rules_context(mesh, c.sharding.rules):
     setup = step_lib.StateSetup(c, tx, mesh)
-    init = train._InitFrom(c, setup)
+    init = init_from.InitFrom(c, setup)
     params = init.restore(tx, jax.random.key(3)).params
     fresh = setup.init_params(jax.random.key(3))
   for path in (('encoder',), ('patch_embed',), ('cls_token',)):
@@ -108,7 +108,7 @@ def test_init_from_refuses_another_encoder(pretrained):
   mesh = sharding.make_mesh(c.mesh)
   with sharding.rules_context(mesh, c.sharding.rules), pytest.raises(
       config_lib.ConfigError, match="model.variant: checkpoint has 'mu/4'"):
-    train._InitFrom(c, step_lib.StateSetup(c, tx, mesh))
+    init_from.InitFrom(c, step_lib.StateSetup(c, tx, mesh))
 
 
 def test_finetuning_resumes_exactly_and_reports_top1(pretrained, tmp_path):
