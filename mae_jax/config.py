@@ -458,7 +458,6 @@ def _validate(c, num_devices, process_count, check_files) -> None:
 
 def _check_task(c) -> None:
   from mae_jax import tasks  # pylint: disable=g-import-not-at-top (cycle)
-  from mae_jax.models import classifier  # pylint: disable=g-import-not-at-top
   if c.task not in tasks.TASKS:
     _fail('task', c.task, f'allowed {sorted(tasks.TASKS)}')
   if not 0.0 <= c.optim.ema_decay < 1.0:
@@ -466,32 +465,7 @@ def _check_task(c) -> None:
   if not 0.0 < c.optim.layer_decay <= 1.0:
     _fail('optim.layer_decay', c.optim.layer_decay,
           'must be in (0, 1] (1 = no layer-wise decay)')
-  if c.task != 'classify':
-    return
-  f = c.classify
-  if f.num_classes < 1:
-    _fail('classify.num_classes', f.num_classes,
-          "task='classify' needs the number of classes of the head (>= 1)")
-  if f.pool not in classifier.POOLS:
-    _fail('classify.pool', f.pool, f'allowed {classifier.POOLS}')
-  if f.pool == 'cls' and not c.model.cls_token:
-    _fail('classify.pool', f.pool, 'needs model.cls_token=True; use mean')
-  for key, high, closed in (('drop_path', 1, False),
-                            ('label_smoothing', 1, False),
-                            ('mix_prob', 1, True), ('mix_switch_prob', 1, True),
-                            ('random_erase', 1, True)):
-    if not (0 <= f[key] <= high if closed else 0 <= f[key] < high):
-      _fail(f'classify.{key}', f[key],
-            f'must be in [0, {high}{"]" if closed else ")"}')
-  if f.mixup < 0 or f.cutmix < 0:
-    _fail('classify.mixup', (f.mixup, f.cutmix),
-          'mixup and cutmix alphas must be >= 0 (0 = off)')
-  if f.randaugment_ops < 0 or not 0 <= f.randaugment_magnitude <= 10:
-    _fail('classify.randaugment_ops', (f.randaugment_ops,
-                                       f.randaugment_magnitude),
-          'ops must be >= 0 (0 = off) and magnitude in [0, 10]')
-  if f.head_init_std < 0:
-    _fail('classify.head_init_std', f.head_init_std, 'must be >= 0')
+  tasks.check(c)
 
 
 def open_split(c: ml_collections.ConfigDict, split: str, who: str,

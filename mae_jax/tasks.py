@@ -9,7 +9,8 @@ preemption and sharding are the same for pretraining and fine-tuning.
 
 `inputs` is a tuple of [B, ...] arrays, so gradient accumulation can cut it
 into micro-batches. Adding a task = a function config -> Task plus
-`@register('name')`.
+`@register('name', check=...)`, the check validating the task's own config
+keys (config.validate calls it).
 
   pretrain  the masked autoencoder (models/mae.py, step.loss_terms)
   classify  fine-tuning: the encoder plus a linear head (models/classifier.py)
@@ -41,13 +42,19 @@ class Task:
 
 
 TASKS: dict[str, Callable[[ml_collections.ConfigDict], Task]] = {}
+CHECKS: dict[str, Callable[[ml_collections.ConfigDict], None]] = {}
 
 
-def register(name: str):
+def register(name: str, check=lambda config: None):
   def wrap(fn):
-    TASKS[name] = fn
+    TASKS[name], CHECKS[name] = fn, check
     return fn
   return wrap
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+  """ValueError naming the key if the task's own config keys are wrong."""
+  CHECKS[config.task](config)
 
 
 def get(config: ml_collections.ConfigDict) -> Task:
@@ -76,7 +83,36 @@ def pretrain(config: ml_collections.ConfigDict) -> Task:
   return pretraining(config.target)
 
 
-@register('classify')
+def _check_classify(c: ml_collections.ConfigDict) -> None:
+  f = c.classify
+
+  def fail(key, value, allowed):
+    raise ValueError(f'config.classify.{key}={value!r}: {allowed}')
+
+  if f.num_classes < 1:
+    fail('num_classes', f.num_classes,
+         "task='classify' needs the number of classes of the head (>= 1)")
+  if f.pool not in classifier.POOLS:
+    fail('pool', f.pool, f'allowed {classifier.POOLS}')
+  if f.pool == 'cls' and not c.model.cls_token:
+    fail('pool', f.pool, 'needs model.cls_token=True; use mean')
+  for key in ('drop_path', 'label_smoothing'):  # 1 would zero everything
+    if not 0 <= f[key] < 1:
+      fail(key, f[key], 'must be in [0, 1)')
+  for key in ('mix_prob', 'mix_switch_prob', 'random_erase'):
+    if not 0 <= f[key] <= 1:
+      fail(key, f[key], 'must be in [0, 1]')
+  if f.mixup < 0 or f.cutmix < 0:
+    fail('mixup', (f.mixup, f.cutmix),
+         'mixup and cutmix alphas must be >= 0 (0 = off)')
+  if f.randaugment_ops < 0 or not 0 <= f.randaugment_magnitude <= 10:
+    fail('randaugment_ops', (f.randaugment_ops, f.randaugment_magnitude),
+         'ops must be >= 0 (0 = off) and magnitude in [0, 10]')
+  if f.head_init_std < 0:
+    fail('head_init_std', f.head_init_std, 'must be >= 0')
+
+
+@register('classify', check=_check_classify)
 def classify(config: ml_collections.ConfigDict) -> Task:
   f = config.classify
   mean, std = tuple(config.data.mean), tuple(config.data.std)
