@@ -6,6 +6,11 @@
   recon, mask = mae.reconstruct(images, rng=0)  # like images; mask [N, H, W]
   logits = mae_jax.load('workdirs/finetune_demo').classify(images)  # [N, K]
 
+Audio models (config.model.spectrogram) take waveforms ([n] or [N, n] at
+the config's data.sample_rate, or a list of them) or log-mel spectrograms
+([T, F] or [N, T, F] as `mae.spectrogram(waveform)` computes them);
+reconstructions come back as log-mel spectrograms [(N,) T, F].
+
 Images are [N, H, W, C] at the model's size, or one image [H, W, C] (then
 the outputs have no batch axis either); with C = 1 the channel axis may be
 left out ([N, H, W] or [H, W]). uint8 pixels are normalized with the training
@@ -97,9 +102,64 @@ class Pretrained:
   def model(self) -> mae_lib.MAE:
     return nnx.merge(self.graphdef, self.params)
 
+  def spectrogram(self, waveform, sample_rate: int | None = None
+                  ) -> np.ndarray:
+    """A waveform (float [n], mono) -> this model's log-mel spectrogram
+    float32 [T, F] (Kaldi fbank as in training, the first T frames, zero
+    padded), not normalized. sample_rate: the waveform's (default: the
+    training config's data.sample_rate); another rate is resampled."""
+    from mae_jax.data import audio  # pylint: disable=g-import-not-at-top
+    c = self.config
+    if not c.model.spectrogram:
+      raise ValueError('spectrogram() needs an audio model '
+                       '(config.model.spectrogram=True)')
+    wave = np.asarray(waveform, np.float32)
+    if wave.ndim != 1 or wave.size == 0:
+      raise ValueError(f'waveform: shape {wave.shape}; expected mono samples '
+                       '[n], n > 0')
+    rate = c.data.sample_rate
+    if sample_rate and sample_rate != rate:
+      import soxr  # pylint: disable=g-import-not-at-top
+      wave = soxr.resample(wave, sample_rate, rate).astype(np.float32)
+    frames, bins = config_lib.image_size(c)
+    return audio.fix_length(audio.fbank(wave, rate, bins), frames)
+
+  def _prepare_audio(self, x) -> tuple[np.ndarray, bool, bool]:
+    """Waveforms ([n], [N, n] or a list of [n_i], at data.sample_rate) or
+    log-mel spectrograms ([T, F], [N, T, F], [N, T, F, 1], as
+    spectrogram() gives them) -> (normalized [N, T, F, 1], True, one)."""
+    want = config_lib.image_size(self.config)
+    if isinstance(x, (list, tuple)):
+      specs, single = np.stack([self.spectrogram(w) for w in x]), False
+    else:
+      x = np.asarray(x)
+      if not np.issubdtype(x.dtype, np.floating) and x.dtype != np.int16:
+        raise ValueError(f'audio: dtype {x.dtype}; use float waveforms or '
+                         'spectrograms')
+      x = x.astype(np.float32)
+      if x.shape == want or x.shape[1:] in (want, (*want, 1)):
+        single = x.shape == want
+        specs = x.reshape(-1, *want)
+      elif x.ndim in (1, 2):
+        single = x.ndim == 1
+        specs = np.stack([self.spectrogram(w) for w in x.reshape(
+            -1, x.shape[-1])])
+      else:
+        t, f = want
+        raise ValueError(f'audio: shape {x.shape}; this model takes waveforms '
+                         f'[n] or [N, n] at {self.config.data.sample_rate} Hz,'
+                         f' or log-mel spectrograms [{t}, {f}], [N, {t}, {f}]'
+                         f' or [N, {t}, {f}, 1]')
+    c = self.config
+    return (transforms.normalize(specs[..., None], c.data.mean, c.data.std),
+            True, single)
+
   def _prepare(self, images) -> tuple[np.ndarray, bool, bool]:
-    """-> (float32 [N, *input_shape] normalized, was uint8, was one
-    example). input_shape: [H, W, C] for images, [T, H, W, C] for clips."""
+    """-> (float32 [N, *input_shape] normalized, was uint8 (audio: was raw
+    log-mel), was one example). input_shape: [H, W, C] for images,
+    [T, H, W, C] for clips, [T, F, 1] for spectrograms."""
+    if self.config.model.spectrogram:
+      return self._prepare_audio(images)
     x = np.asarray(images)
     c = self.config
     want = config_lib.input_shape(c)
@@ -164,9 +224,12 @@ class Pretrained:
     x, was_uint8, single = self._prepare(images)
     recon, mask = self._reconstruct(self.params, x, _as_key(rng))
     recon, mask = np.asarray(recon), np.asarray(mask)[..., 0]
+    c = self.config
+    if c.model.spectrogram:  # raw log-mel [N, T, F], like spectrogram()
+      recon = recon[..., 0] * c.data.std[0] + c.data.mean[0]
+      return ((recon[0], mask[0]) if single else (recon, mask))
     if was_uint8:
-      recon = transforms.denormalize(recon, self.config.data.mean,
-                                     self.config.data.std)
+      recon = transforms.denormalize(recon, c.data.mean, c.data.std)
     # Back to the input's layout: with or without batch and channel axes.
     return recon.reshape(np.shape(images)), (mask[0] if single else mask)
 

@@ -46,10 +46,13 @@ def _box(top, bottom, left, right, h, w):
 
 def smooth_one_hot(labels: jax.Array, num_classes: int,
                    smoothing: float = 0.0) -> jax.Array:
-  """labels [B] int -> [B, K] float32 targets, timm's convention: every class
-  gets smoothing / K and the label 1 - smoothing on top (rows sum to 1)."""
+  """labels [B] int (or multi-hot [B, K]) -> [B, K] float32 targets, timm's
+  convention: every class gets smoothing / K and each label 1 - smoothing on
+  top (one-hot rows sum to 1; timm's BinaryCrossEntropy smooths multi-hot
+  targets the same way)."""
   off = smoothing / num_classes
-  hot = labels[:, None] == jnp.arange(num_classes)
+  hot = (labels > 0.5 if labels.ndim == 2
+         else labels[:, None] == jnp.arange(num_classes))
   return jnp.where(hot, 1.0 - smoothing + off, off).astype(jnp.float32)
 
 

@@ -41,7 +41,7 @@ from mae_jax.errors import (CheckpointError, CheckpointSaveError,
 # with other values cannot be continued or loaded as this model.
 ARCHITECTURE_KEYS = ('model.variant', 'model.decoder', 'model.image_size',
                      'model.frames', 'model.channels', 'model.cls_token',
-                     'model.pos_embed')
+                     'model.pos_embed', 'model.decoder_attention')
 # The keys of the encoder alone (init_from across tasks checks these).
 ENCODER_KEYS = ('model.variant', 'model.image_size', 'model.frames',
                 'model.channels', 'model.cls_token', 'model.pos_embed')
@@ -54,7 +54,8 @@ def encoder_diffs(saved, want, what: str) -> list[str]:
 
 
 # Architecture keys added later, with the value older checkpoints were made with.
-_BEFORE_KEY = {'model.frames': 0, 'model.pos_embed': 'sincos'}
+_BEFORE_KEY = {'model.frames': 0, 'model.pos_embed': 'sincos',
+               'model.decoder_attention': 'global'}
 ITEMS = ('state', 'data', 'meta')
 UNFINISHED = '.orbax-checkpoint-tmp'  # orbax's suffix for saves in progress
 

@@ -26,17 +26,29 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dict(
       variant='mu/4',       # "<size>/<patch>", sizes mu Ti S M B L H g G e
       decoder='64d1b',      # "<width>d<blocks>b[<heads>h]"; MAE default 512d8b
+      # The decoder's blocks: 'global' (ViT blocks, every token attends to
+      # every token) or 'local' (AudioMAE's Swin-style blocks over windows
+      # of the 2-D token grid, every second block shifted; '512d16b16h' is
+      # AudioMAE's). A window larger than the grid is clipped to it (no
+      # shift along that axis).
+      decoder_attention='global',
+      decoder_window=(4, 4),  # local: window in tokens (grid rows, columns)
+      decoder_shift=(2, 0),   # local: cyclic shift of blocks 1, 3, 5, ...
       # int (square) or (H, W); any type on the command line:
       # --config.model.image_size=224 or --config.model.image_size='(224,160)'
       image_size=config_dict.FieldReference(32, field_type=object),
       frames=0,             # 0: images [H, W, C]; T > 0: clips [T, H, W, C]
                             # (patch "<t>x<h>x<w>", e.g. variant 'B/2x16x16')
+      spectrogram=False,    # inputs are log-mel spectrograms [T, F, 1]:
+                            # image_size (T frames, F mel bins), channels 1
+                            # (audio sources, API waveforms, pictures)
       channels=3,
       # Position embedding of encoder and decoder (models/position.py):
       # sincos (separable over the grid axes, the official MAE's channel
       # order), sincos_yx (the same, axes in the other order), sincos_flat (VideoMAE: one
       # 1-D table over the flat token index), learned_separable (MAE-ST:
-      # learned space + time tables, and one for the cls token).
+      # learned space + time tables, and one for the cls token),
+      # sincos_audiomae (the table AudioMAE's checkpoints were trained with).
       pos_embed='sincos',
       cls_token=True,
       dtype='float32',      # compute dtype: float32 or bfloat16 (params stay fp32)
@@ -46,12 +58,20 @@ def base_config() -> ml_collections.ConfigDict:
       scan_unroll=1,        # blocks per scan iteration (1 = fully rolled)
   ))
   # Masking strategies (masking.py): random | tube | frame | dual |
-  # motion | adaptive. ratio: fraction of tokens the encoder does not see.
+  # motion | adaptive | time | freq | time_freq | specaugment.
+  # ratio: fraction of tokens the encoder does not see (random, tube,
+  # frame, dual, motion, adaptive; time and freq: of time rows / mel columns).
   c.masking = ml_collections.ConfigDict(dict(
       name='random', ratio=0.75,
       decoder_ratio=0.5,    # dual: fraction the decoder drops (running cell)
       motion_radius=1,      # motion: block-matching search radius, in tokens
       sampler_weight=1e-4,  # adaptive: weight of the sampler's loss term
+      # Spectrograms, (t, f) token grids (audio_masking.py). time_freq
+      # (AudioMAE's 2-D masking; its mask_t_prob, mask_f_prob) keeps
+      # int(n * (1 - ratio)) of the n rows / columns; specaugment hides one
+      # band of round(ratio * n) rows and one of columns.
+      time_ratio=0.6,       # time_freq, specaugment: fraction of time rows
+      freq_ratio=0.5,       # time_freq, specaugment: fraction of mel columns
   ))
   # What a run trains (tasks.py): 'pretrain' (the masked autoencoder) or
   # 'classify' (fine-tuning an encoder with a linear head, config.classify;
@@ -74,6 +94,10 @@ def base_config() -> ml_collections.ConfigDict:
       randaugment_magnitude=9,
       randaugment_magnitude_std=0.5,
       random_erase=0.25,    # probability of erasing a box per example (0 = off)
+      masking='',           # tokens hidden from the encoder while fine-tuning:
+                            # '' = none, or a masking strategy with the options
+                            # of config.masking (AudioMAE: 'time_freq' with
+                            # time_ratio = freq_ratio = 0.2)
   ))
   # pixels | norm_pixels (MAE's norm_pix_loss) | norm_pixels_channel
   # (VideoMAE: per patch and per channel, unbiased std)
@@ -82,6 +106,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict(dict(
       source='synthetic',   # mnist | digits | synthetic | folder | array_record | tfds
                             # | moving_digits | video_files (clips: model.frames > 0)
+                            # | audio_files (spectrograms: image_size (T, F), channels 1)
       split='train',        # pretraining split
       eval_split='test',    # split the evaluators test on ('' = none)
       path='',              # folder: a directory; array_record: a glob; video_files: a
@@ -99,8 +124,20 @@ def base_config() -> ml_collections.ConfigDict:
       # MAE-ST), each with its own crop and start.
       frame_stride=4,
       clips_per_video=1,
-      video_root='',        # manifest paths are relative to this ('' = the
-                            # manifest's folder)
+      video_root='',        # manifest paths (video_files, audio_files) are
+                            # relative to this ('' = the manifest's folder)
+      multi_label=False,    # labels are class sets (manifests: "path,3;17;40"):
+                            # fine-tuning uses a sigmoid loss and reports mAP
+      num_classes=0,        # multi_label: classes of the set (AudioSet: 527)
+      # Audio (audio_files): files are resampled to sample_rate and made into
+      # Kaldi log-mel filterbanks (25 ms windows every 10 ms, AudioMAE), an
+      # input [T, F, 1] = (model.image_size, channels 1): T frames (1024 =
+      # 10.24 s), F mel bins (128); mean / std are the data set's (AudioSet
+      # in AudioMAE: -4.27 and 2 x 4.57).
+      sample_rate=16000,
+      random_gain=False,    # audio training: scale the waveform by
+                            # Beta(10, 10) + 0.5 (AudioMAE's roll_mag_aug,
+                            # whose roll is always 0 in the official code)
       moving_digits=dict(videos=2000, video_frames=16, size=32, digit_size=14,
                          speed=(1.0, 2.5)),  # the synthetic clip source
       synthetic_examples=1024,  # size of the synthetic source
@@ -272,6 +309,25 @@ def local_clip_run(c: ml_collections.ConfigDict) -> None:
   c.eval_batch_size = 16
 
 
+# AudioSet statistics of log-mel filterbanks (AudioMAE's dataset.py, which
+# divides by twice the std).
+AUDIOSET_MEAN, AUDIOSET_STD = -4.2677393, 4.5689974
+
+
+def spectrogram_input(c: ml_collections.ConfigDict, frames: int,
+                      mel_bins: int = 128, mean: float = AUDIOSET_MEAN,
+                      std: float = 2 * AUDIOSET_STD) -> None:
+  """The audio recipes' input: log-mel spectrograms [frames, mel_bins, 1]
+  at 16 kHz (AudioMAE: 1024 x 128), normalized (x - mean) / std, with
+  AudioMAE's position table (sincos_audiomae: its checkpoints compute the
+  same here as in the official code)."""
+  c.model.spectrogram, c.model.channels = True, 1
+  c.model.pos_embed = 'sincos_audiomae'
+  c.model.image_size = (frames, mel_bins)
+  c.data.sample_rate = 16000
+  c.data.mean, c.data.std = (mean,), (std,)
+
+
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   """Config-file argument "variant=B/16,epochs=800" -> ConfigDict typed like
   `defaults` (big_vision style: configs/NAME.py:ARG)."""
@@ -391,7 +447,10 @@ def _validate(c, num_devices, process_count, check_files) -> None:
   if not 0.0 < ratio < 1.0:
     _fail('masking.ratio', ratio, 'must be in the open interval (0, 1)')
   strategy.check(grid, masking.options(c.masking))
-  kept = strategy.kept(grid, ratio)
+  mae.check_decoder_attention(c.model.decoder_attention,
+                              tuple(c.model.decoder_window),
+                              tuple(c.model.decoder_shift), grid, strategy)
+  kept = strategy.kept(grid, masking.options(c.masking))
   if kept < 1:
     _fail('masking.ratio', ratio, f'keeps {kept} of {math.prod(grid)} patches '
           f'with masking.name={c.masking.name!r}; at least one must stay '
@@ -400,6 +459,7 @@ def _validate(c, num_devices, process_count, check_files) -> None:
   _check_task(c)
 
   sources.check_config(c.data, check_files)
+  sources.check_audio(c.data, c.model)
   pipeline.check_norm(c.data, c.model.channels)
 
   if c.batch_size < 1:

@@ -24,19 +24,21 @@ import math
 import ml_collections
 
 from mae_jax import config as config_lib, masking
-from mae_jax.models import mae, vit
+from mae_jax.models import local_attention, mae, vit
 
 
-def block_flops(tokens: int, width: int, mlp_dim: int) -> tuple[int, int]:
+def block_flops(tokens: int, width: int, mlp_dim: int,
+                attended: int | None = None) -> tuple[int, int]:
   """One pre-norm transformer block on `tokens` tokens of `width` ->
   (all FLOPs, the attention-matmul part of them).
 
   qkv 2*T*D*3D + out 2*T*D*D + MLP 2 * 2*T*D*M (linear in T), plus QK^T and
-  AV: 2 * 2*T*T*D (quadratic in T; independent of the number of heads).
+  AV: 2 * 2*T*S*D for S tokens attended per token (S = T, quadratic in T;
+  local attention: S = the window's tokens); independent of the heads.
   """
   t, d = tokens, width
   linear = 2 * t * d * 3 * d + 2 * t * d * d + 2 * 2 * t * d * mlp_dim
-  attention = 2 * 2 * t * t * d
+  attention = 2 * 2 * t * (t if attended is None else attended) * d
   return linear + attention, attention
 
 
@@ -51,8 +53,8 @@ def _shapes(config: ml_collections.ConfigDict) -> dict:
   grid = tuple(s // p for s, p in zip(spatial, enc.patch))
   length = math.prod(grid)
   strategy = masking.get(config.masking.name)
-  return dict(enc=enc, dec=dec, length=length,
-              kept=strategy.kept(grid, config.masking.ratio),
+  return dict(enc=enc, dec=dec, length=length, grid=grid,
+              kept=strategy.kept(grid, masking.options(config.masking)),
               predicted=strategy.num_decoded(grid,
                                              masking.options(config.masking)),
               sampler='sampler' in strategy.needs,
@@ -67,7 +69,8 @@ def train_flops(config: ml_collections.ConfigDict) -> dict[str, int]:
   patch_embed: on the K kept patches only (the model gathers, then embeds).
   encoder: its blocks on K (+1 cls) tokens.
   decoder: decoder_embed on K (+1) tokens, then its blocks on L (+1) tokens
-    (dual masking: K + R (+1)).
+    (dual masking: K + R (+1); local attention: L, each token attending to
+    its window's).
   head: the pixel prediction on the L (+1) tokens (the cls row is dropped
     after; dual masking: on the R predicted tokens only).
   sampler: adaptive masking's network (patch embedding and one block on all
@@ -82,8 +85,16 @@ def train_flops(config: ml_collections.ConfigDict) -> dict[str, int]:
   dual = s['predicted'] != s['length']
   t_enc = s['kept'] + n_cls
   t_dec = (s['kept'] + s['predicted'] if dual else s['length']) + n_cls
+  window = None
+  if config.model.decoder_attention == 'local':
+    # Windows over the grid, without the cls token. (The position-bias MLP
+    # runs once per step, not per example: not counted.)
+    t_dec = s['length']
+    window = math.prod(local_attention.window_and_shift(
+        s['grid'], config.model.decoder_window, config.model.decoder_shift
+    )[0])
   enc_block, enc_attn = block_flops(t_enc, enc.width, enc.mlp_dim)
-  dec_block, dec_attn = block_flops(t_dec, dec.width, dec.mlp_dim)
+  dec_block, dec_attn = block_flops(t_dec, dec.width, dec.mlp_dim, window)
   sampler = 0
   if s['sampler']:
     sampler = 2 * (2 * s['length'] * s['patch_dim'] * enc.width

@@ -1,7 +1,7 @@
 """Masking strategies: which tokens the encoder sees, pure functions of a key.
 
 A strategy is `sample(key, batch_size, grid, opts, **inputs) -> Mask`, with
-`kept(grid, ratio)`: its visible-token count, a Python int, so every strategy
+`kept(grid, opts)`: its visible-token count, a Python int, so every strategy
 compiles to fixed shapes. `grid` is the token grid ((h, w) for images,
 (t, h, w) for clips) and `opts` the config's masking options. A strategy that
 needs more than a key declares it in `needs`, and the model passes it in:
@@ -15,6 +15,8 @@ Adding one = a function plus `@register('name', kept=...)`.
   random    uniform over all tokens (MAE; on clips: MAE-ST's space-time masking)
   adaptive  visible tokens drawn from a learned distribution (AdaMAE)
   tube, frame, dual, motion: the clip strategies, in video_masking.py
+  time, freq, time_freq, specaugment: the spectrogram strategies, in
+            audio_masking.py
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ class Options:
   decoder_ratio: float = 0.5
   motion_radius: int = 1
   sampler_weight: float = 1e-4
+  time_ratio: float = 0.6
+  freq_ratio: float = 0.5
 
 
 def options(masking_cfg) -> Options:
@@ -65,7 +69,7 @@ def _no_check(grid, opts) -> None:
 class Strategy:
   name: str
   sample: Callable[..., Mask]
-  kept: Callable[[Sequence[int], float], int]
+  kept: Callable[[Sequence[int], 'Options'], int]  # (grid, opts) -> K
   needs: tuple[str, ...] = ()
   check: Callable[[Sequence[int], Options], None] = _no_check
   # (model, patches [B, L, P], mask, per-token error [B, M], weight [B, M],
@@ -116,8 +120,8 @@ def from_scores(scores: jax.Array, keep: int) -> Mask:
                       keep)
 
 
-def _random_kept(grid, ratio) -> int:
-  return num_kept(math.prod(grid), ratio)
+def _random_kept(grid, opts: Options) -> int:
+  return num_kept(math.prod(grid), opts.ratio)
 
 
 @register('random', kept=_random_kept)
@@ -165,3 +169,4 @@ def adaptive_masking(key, batch_size, grid, opts, *, logits) -> Mask:
 
 # The clip strategies register themselves (they import this module's names).
 from mae_jax import video_masking  # pylint: disable=wrong-import-position,unused-import
+from mae_jax import audio_masking  # pylint: disable=wrong-import-position,unused-import

@@ -155,16 +155,21 @@ class StateSetup:
     self.abstract = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
         abstract, self.shardings)
-    ndim = {'image': 1 + len(config_lib.input_shape(config)), 'label': 1}
+    multi = config.data.multi_label  # labels multi-hot [B, K]
+    ndim = {'image': 1 + len(config_lib.input_shape(config)),
+            'label': 2 if multi else 1}
     self.batch_shardings = {k: sharding.batch_sharding(mesh, rules, ndim[k])
                             for k in self.task.batch_keys}
 
   def batch_spec(self, batch_size: int) -> dict:
     """The abstract global batch the step reads: 'image' float32
-    [B, *input_shape] and, for fine-tuning, 'label' int32 [B]."""
+    [B, *input_shape] and, for fine-tuning, 'label' int32 [B] (multi-label:
+    float32 [B, K])."""
+    d = self.config.data
     shapes = {'image': ((batch_size, *config_lib.input_shape(self.config)),
                         jnp.float32),
-              'label': ((batch_size,), jnp.int32)}
+              'label': (((batch_size, d.num_classes), jnp.float32)
+                        if d.multi_label else ((batch_size,), jnp.int32))}
     return {k: jax.ShapeDtypeStruct(*shapes[k], sharding=s)
             for k, s in self.batch_shardings.items()}
 

@@ -15,7 +15,10 @@ keys (config.validate calls it).
   pretrain  the masked autoencoder (models/mae.py, step.loss_terms)
   classify  fine-tuning: the encoder plus a linear head (models/classifier.py)
             on soft targets (label smoothing, mixup / cutmix) of augmented
-            images (RandAugment, random erasing: augment.py), MAE appendix A.3
+            images (RandAugment, random erasing: augment.py), MAE appendix A.3;
+            softmax cross-entropy, or for multi-label sets
+            (config.data.multi_label) a sigmoid per class; optionally with
+            tokens hidden from the encoder (classify.masking, AudioMAE)
 """
 
 from __future__ import annotations
@@ -28,9 +31,11 @@ import ml_collections
 import optax
 from flax import nnx
 
-from mae_jax import augment
+from mae_jax import augment, masking
+from mae_jax import config as config_lib
 from mae_jax import step as step_lib
-from mae_jax.models import classifier, mae
+from mae_jax.models import classifier, mae, tokenizers
+from mae_jax.models.vit import decode_variant
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +115,17 @@ def _check_classify(c: ml_collections.ConfigDict) -> None:
          'ops must be >= 0 (0 = off) and magnitude in [0, 10]')
   if f.head_init_std < 0:
     fail('head_init_std', f.head_init_std, 'must be >= 0')
+  if f.masking:
+    strategy = masking.get(f.masking)
+    if strategy.needs or strategy.decoded:
+      fail('masking', f.masking, 'needs a strategy that is a function of the '
+           'key alone, e.g. random, time, freq, time_freq, specaugment')
+    grid = tokenizers.grid_shape(config_lib.spatial_shape(c),
+                                 decode_variant(c.model.variant).patch)
+    strategy.check(grid, masking.options(c.masking))
+  if c.data.multi_label and f.num_classes != c.data.num_classes:
+    fail('num_classes', f.num_classes, 'must equal config.data.num_classes='
+         f'{c.data.num_classes} (the multi-label set\'s classes)')
 
 
 @register('classify', check=_check_classify)
@@ -118,10 +134,10 @@ def classify(config: ml_collections.ConfigDict) -> Task:
   mean, std = tuple(config.data.mean), tuple(config.data.std)
 
   def prepare(model, batch, rng):
-    """-> (augmented images [B, *S, C], soft targets [B, K]). The order of
+    """-> (augmented images [B, *S, C], soft targets [B, K][, ids_keep
+    [B, K'] of classify.masking]). The order of
     timm's pipeline: per-example RandAugment and erasing, then the batch's
     mixup / cutmix."""
-    del model
     images = batch['image']
     k_aug, k_erase, k_mix = jax.random.split(rng, 3)
     if f.randaugment_ops:
@@ -137,11 +153,22 @@ def classify(config: ml_collections.ConfigDict) -> Task:
       images, targets = augment.mixup_cutmix(
           k_mix, images, targets, mixup_alpha=f.mixup, cutmix_alpha=f.cutmix,
           prob=f.mix_prob, switch_prob=f.mix_switch_prob)
-    return images, targets
+    if not f.masking:
+      return images, targets
+    # A key of its own (fold_in), so the streams above stay as they were.
+    mask = masking.get(f.masking).sample(
+        jax.random.fold_in(rng, 3), images.shape[0], model.grid,
+        masking.options(config.masking))
+    return images, targets, mask.ids_keep
 
   def loss(model, inputs, rng):
-    images, targets = inputs
-    logits = model(images, rng)  # rng: drop path
+    images, targets, *ids_keep = inputs
+    logits = model(images, rng, *ids_keep)  # rng: drop path
+    if config.data.multi_label:
+      # Independent sigmoids, mean over examples and classes (AudioMAE's
+      # BCEWithLogitsLoss on AudioSet).
+      return {'classification':
+              optax.sigmoid_binary_cross_entropy(logits, targets).mean()}
     return {'classification':
             optax.softmax_cross_entropy(logits, targets).mean()}
 

@@ -38,8 +38,8 @@ def _per_frame_kept(grid, ratio) -> int:
   return hw - int(ratio * hw)
 
 
-def _tube_kept(grid, ratio) -> int:
-  return grid[0] * _per_frame_kept(grid, ratio)
+def _tube_kept(grid, opts) -> int:
+  return grid[0] * _per_frame_kept(grid, opts.ratio)
 
 
 def _kept_per_frame(scores: jax.Array, grid, keep_hw: int) -> Mask:
@@ -64,8 +64,8 @@ def tube_masking(key, batch_size, grid, opts) -> Mask:
   return _kept_per_frame(scores, grid, _per_frame_kept(grid, opts.ratio))
 
 
-def _frame_kept(grid, ratio) -> int:
-  return (grid[0] - int(ratio * grid[0])) * math.prod(grid[1:])
+def _frame_kept(grid, opts) -> int:
+  return (grid[0] - int(opts.ratio * grid[0])) * math.prod(grid[1:])
 
 
 def _frame_check(grid, opts) -> None:

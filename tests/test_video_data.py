@@ -286,9 +286,24 @@ def test_manifests(tmp_path):
     (tmp_path / 'bad.csv').write_text(text)
     with pytest.raises(ValueError, match=rf'bad\.csv {match}'):
       manifests.read_manifest(str(tmp_path / 'bad.csv'))
+  # Multi-label (AudioSet-style): class sets, multi-hot labels.
+  (tmp_path / 'multi.csv').write_text('a.mp4,0;3\nb.mp4,2\n')
+  with pytest.raises(ValueError, match=r"line 1: label '0;3' is not a class"
+                     r'.*multi_label=True'):
+    manifests.read_manifest(str(tmp_path / 'multi.csv'))
+  _, sets = manifests.read_manifest(str(tmp_path / 'multi.csv'), 4)
+  np.testing.assert_array_equal(sets[0], [1, 0, 0, 1])
+  np.testing.assert_array_equal(sets[1], [0, 0, 1, 0])
+  with pytest.raises(ValueError, match=r"line 1: label '0;3' is not a set "
+                     r'of class numbers; .*\[0, 3\)'):
+    manifests.read_manifest(str(tmp_path / 'multi.csv'), 3)
+  d.update(path=str(tmp_path / 'multi.csv'), multi_label=True, num_classes=4)
+  src = data.open_source(d, 'train', image_size=8, channels=1, frames=2)
+  assert src.multi_label and src.label_shape == (4,) and src.num_classes == 4
+  d.update(multi_label=False, num_classes=0)
   (tmp_path / 'empty.csv').write_text('path,label\n')
   for path, split, match in (
-      ('empty.csv', 'train', 'lists no videos'),
+      ('empty.csv', 'train', 'lists no files'),
       ('ok.csv', 'test', r"has no '\{split\}'"),
       ('{split}.csv', 'test', r'no manifest .*test\.csv for split'),
   ):

@@ -49,15 +49,15 @@ def _check_consistent(m: masking.Mask, kept: int, length: int):
 ])
 def test_static_kept_counts(name, ratio, kept):
   s = masking.get(name)
-  assert s.kept(GRID, ratio) == kept
+  assert s.kept(GRID, masking.Options(ratio)) == kept
   _check_consistent(_sample(name, ratio=ratio), kept, math.prod(GRID))
 
 
 def test_videomae_b_counts_at_16x224():
   grid = (8, 14, 14)  # 16 frames / 2, 224 / 16
-  assert masking.get('tube').kept(grid, 0.9) == 8 * 20     # 160 (VideoMAE)
-  assert masking.get('random').kept(grid, 0.9) == 156      # MAE-ST
-  assert masking.get('dual').kept(grid, 0.9) == 160
+  assert masking.get('tube').kept(grid, masking.Options(0.9)) == 8 * 20     # 160 (VideoMAE)
+  assert masking.get('random').kept(grid, masking.Options(0.9)) == 156      # MAE-ST
+  assert masking.get('dual').kept(grid, masking.Options(0.9)) == 160
   assert video_masking.running_cell_ids(grid, 0.5).shape == (4, 784)
 
 

@@ -39,7 +39,10 @@ running code from the file: torch_pickle.py) or safetensors files.
 
 Formats: mae (facebookresearch/mae: pretraining checkpoints with or without
 their decoder, fine-tuned classifiers; also timm's ViT layout), videomae
-(MCG-NJU/VideoMAE and OpenGVLab/VideoMAEv2 pretraining checkpoints).
+(MCG-NJU/VideoMAE and OpenGVLab/VideoMAEv2 pretraining checkpoints),
+audiomae (facebookresearch/AudioMAE: pretraining checkpoints with either
+decoder, global or local attention, or without one; fine-tuned
+classifiers).
 """
 
 from __future__ import annotations
@@ -388,4 +391,4 @@ def convert(fmt: str, path: str, out: str, options: Options | None = None,
 
 
 # Formats register themselves on import.
-from mae_jax.convert import mae, videomae  # pylint: disable=wrong-import-position,unused-import
+from mae_jax.convert import audiomae, mae, videomae  # pylint: disable=wrong-import-position,unused-import

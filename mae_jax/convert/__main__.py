@@ -7,6 +7,8 @@ or a mae_jax checkpoint into a file other code reads.
   python -m mae_jax.convert --from=videomae --in=checkpoint.pth --out=DIR
   python -m mae_jax.convert --from=videomae --in=vit_g_hybrid_pt_1200e.pth \\
       --out=DIR --set=data.source=video_files --set=data.path=/data/k400
+  python -m mae_jax.convert --from=audiomae --in=pretrained.pth --out=DIR \\
+      --set=data.source=audio_files --set=data.path=/data/audioset/{split}.csv
 
 DIR (absent or empty) becomes a workdir at step 0 that `mae_jax.load(DIR)`
 and `python -m mae_jax.evaluate --workdir=DIR` accept, and a new training
@@ -36,7 +38,9 @@ from mae_jax import cli
 
 flags.DEFINE_string('from', None, 'Format of the input checkpoint: mae '
                     '(facebookresearch/mae: pretraining, encoder-only or '
-                    'fine-tuned), videomae (also VideoMAE V2).')
+                    'fine-tuned), videomae (also VideoMAE V2), audiomae '
+                    '(facebookresearch/AudioMAE: pretraining with either '
+                    'decoder, encoder-only or fine-tuned).')
 flags.DEFINE_string('to', None, 'Export instead: the format to write a mae_jax '
                     'checkpoint in: mae (the official PyTorch layout, .pth '
                     'or .safetensors) or safetensors (mae_jax\'s own '

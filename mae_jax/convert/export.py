@@ -155,6 +155,11 @@ def official_state_dict(config, params: dict
   if not m.cls_token:
     raise ConvertError('model.cls_token=False: the official models always '
                        'have a cls token')
+  if config.task != 'classify' and m.decoder_attention != 'global':
+    raise ConvertError(
+        f'model.decoder_attention={m.decoder_attention!r}: the official MAE '
+        'decoder has global-attention ViT blocks; this decoder has no place '
+        'in its layout (export with --to=safetensors)')
   grid = tokenizers.grid_shape(config_lib.spatial_shape(config), size.patch)
   a = lambda x: np.ascontiguousarray(np.asarray(x, np.float32))
   notes = []

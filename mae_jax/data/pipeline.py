@@ -85,8 +85,12 @@ def check_clips(data_cfg, frames: int,
 
 
 def _ops(data_cfg, size, channels: int, frames: int, source: Source):
-  """The modality's decode / augment / eval view, by the input shape."""
+  """The modality's decode / augment / eval view, by the source and the
+  input shape."""
   d = data_cfg
+  if source.audio:
+    from mae_jax.data import audio  # pylint: disable=g-import-not-at-top
+    return audio.AudioOps(size, d.sample_rate, roll_mag=d.random_gain)
   if not frames:
     return transforms.ImageOps(size, channels, d.crop_scale, d.crop_ratio,
                                d.hflip, d.eval_crop)
@@ -178,8 +182,15 @@ class _Augment:
   def __call__(self, el: dict, rng: np.random.Generator) -> dict:
     # uint8 until batched: 4x less memory while the batch is assembled.
     return {'image': self.ops.augment(el['image'], rng),
-            'label': np.int32(el['label']), 'index': np.int64(el['index']),
+            'label': _label(el['label']), 'index': np.int64(el['index']),
             'skipped': el['skipped']}
+
+
+def _label(label) -> np.ndarray:
+  """A class id -> int32; a multi-hot vector [K] stays float32."""
+  if np.ndim(label):
+    return np.asarray(label, np.float32)
+  return np.int32(label)
 
 
 class _Normalize:
@@ -197,7 +208,7 @@ class _Normalize:
       n, r = batch['image'].shape[:2]
       batch['image'] = batch['image'].reshape(n * r, *batch['image'].shape[2:])
       for key in ('label', 'index', 'skipped'):
-        batch[key] = np.repeat(batch[key], r)
+        batch[key] = np.repeat(batch[key], r, axis=0)
     batch['image'] = transforms.normalize(batch['image'], self.mean, self.std)
     return batch
 
@@ -453,7 +464,7 @@ class _LoadEval:
       return {_BAD: str(e)}
     img = self.load.ops.eval_view(el['image'])
     return {'image': transforms.normalize(img, self.mean, self.std),
-            'label': el['label']}
+            'label': _label(el['label'])}
 
 
 def _eval_range(n: int, batch_size: int, process_index: int,
@@ -471,13 +482,15 @@ def eval_batches(data_cfg, split: str, *, image_size, channels: int,
                  process_count: int = 1, max_examples: int = 0,
                  frames: int = 0) -> Iterator[dict]:
   """Yields {'image': float32 [batch_size, H, W, C] (clips, frames = T > 0:
-  [batch_size, T, H, W, C]), 'label': int32 [batch_size], 'valid': bool
-  [batch_size]} in source order, no augmentation. A clip is the centre
-  window of its video (one per video, whatever data.clips_per_video).
+  [batch_size, T, H, W, C]), 'label': int32 [batch_size] (multi-label:
+  float32 [batch_size, K] multi-hot), 'valid': bool [batch_size]} in source
+  order, no augmentation. A clip is the centre window of its video (one per
+  video, whatever data.clips_per_video).
 
   Uses the first `max_examples` examples (all if 0). Every process yields
   ceil(n / (process_count * batch_size)) batches; padding (and, in skip mode,
-  bad records) have valid=False, label -1 and a zero image.
+  bad records) have valid=False, label -1 (multi-label: no class) and a zero
+  image.
   """
   if batch_size < 1:
     raise ValueError(f'eval batch_size={batch_size}: must be >= 1')
@@ -503,7 +516,8 @@ def eval_batches(data_cfg, split: str, *, image_size, channels: int,
   try:
     for _ in range(num_batches):
       image = np.zeros((batch_size, *ops.shape), np.float32)
-      label = np.full((batch_size,), -1, np.int32)
+      label = (np.zeros((batch_size, *source.label_shape), np.float32)
+               if source.label_shape else np.full((batch_size,), -1, np.int32))
       valid = np.zeros((batch_size,), bool)
       for j in range(batch_size):
         el = next(it, None)

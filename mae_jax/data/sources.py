@@ -5,12 +5,15 @@ bytes, 'label': int}` (label -1 when unlabeled) and does not decode: decoding
 happens in the pipeline, so a corrupt record is reported (or skipped) with its
 source name and index. Video sources (`Source.video`, registered with
 video=True) give a video in 'image' instead: uint8 frames [F, H, W(, C)] or
-encoded video file bytes; they need model.frames > 0. Sources are picklable
+encoded video file bytes; they need model.frames > 0. Audio sources
+(`Source.audio`) give audio file bytes, made into log-mel spectrograms
+[T, F, 1] by the pipeline. Multi-label sources (`Source.multi_label`) give a
+multi-hot float32 [num_classes] label. Sources are picklable
 for grain worker processes. Adding one = a builder
 `fn(data_cfg, split, *, image_size, channels, frames) -> Source` here plus
 `@register('name')`. In-memory sources live here (moving digits in
-moving_digits.py), file-backed ones (folder, array_record, tfds,
-video_files) in files.py.
+moving_digits.py), file-backed ones in files.py (folder, array_record, tfds)
+and manifests.py (video_files, audio_files).
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ class Source:
   name: str = ''
   num_classes: int = 0  # 0 = unlabeled
   video: bool = False   # records are videos (clips), not images
+  audio: bool = False   # records are audio files (spectrograms [T, F, 1])
+  multi_label: bool = False  # a label is a multi-hot vector [num_classes]
+  label_shape: tuple[int, ...] = ()  # one example's label: () = a class id
 
   def __len__(self) -> int:
     raise NotImplementedError
@@ -54,13 +60,18 @@ class Source:
 Builder = Callable[..., Source]
 SOURCES: dict[str, Builder] = {}
 VIDEO_SOURCES: set[str] = set()  # sources whose records are always videos
+AUDIO_SOURCES: set[str] = set()  # sources whose records are audio
+# Sources that can read label sets (config.data.multi_label).
+MULTI_LABEL_SOURCES = ('video_files', 'audio_files')
 
 
-def register(name: str, video: bool = False):
+def register(name: str, video: bool = False, audio: bool = False):
   def wrap(fn: Builder) -> Builder:
     SOURCES[name] = fn
     if video:
       VIDEO_SOURCES.add(name)
+    if audio:
+      AUDIO_SOURCES.add(name)
     return fn
   return wrap
 
@@ -245,7 +256,33 @@ def video_files(data_cfg, split, *, image_size, channels, frames=0) -> Source:
   one `path[,label]` per line, paths relative to data.video_root."""
   del image_size, channels, frames
   from mae_jax.data import manifests  # pylint: disable=g-import-not-at-top
-  return manifests.open_video_files(data_cfg, split)
+  return manifests.open_manifest('video_files', data_cfg, split)
+
+
+@register('spoken_digits', audio=True)
+def spoken_digits(data_cfg, split, *, image_size, channels, frames=0
+                  ) -> Source:
+  """The ten digits spoken by eSpeak NG voices (spoken_digits.py), generated
+  on first use into data.path ('' = the default cache): the test voices are
+  not heard in training."""
+  del image_size, channels, frames
+  from mae_jax.data import manifests, spoken_digits as sd  # pylint: disable=g-import-not-at-top
+  root = sd.ensure(data_cfg.path or None)
+  d = data_cfg.copy_and_resolve_references()
+  with d.unlocked():
+    d.update(path=os.path.join(root, '{split}.csv'), video_root=root,
+             multi_label=False)
+  return manifests.open_manifest('audio_files', d, split)
+
+
+@register('audio_files', audio=True)
+def audio_files(data_cfg, split, *, image_size, channels, frames=0) -> Source:
+  """Audio files (WAV, FLAC, ...) listed in a manifest CSV `data.path`
+  ('{split}' replaced): `path[,labels]` per line (data.multi_label: class
+  numbers separated by ';'), paths relative to data.video_root."""
+  del image_size, channels, frames
+  from mae_jax.data import manifests  # pylint: disable=g-import-not-at-top
+  return manifests.open_manifest('audio_files', data_cfg, split)
 
 
 def write_array_record(path: str, images: np.ndarray, labels=None, *,
@@ -272,7 +309,7 @@ def check_config(data_cfg, check_files: bool = True) -> None:
   d = data_cfg
   if d.source not in SOURCES:
     _fail('source', d.source, f'allowed {sorted(SOURCES)}')
-  if d.source in ('folder', 'array_record', 'video_files') and not d.path:
+  if d.source in ('folder', 'array_record', *MULTI_LABEL_SOURCES) and not d.path:
     _fail('path', d.path, f'must be set for source {d.source!r}')
   if (check_files and d.source == 'folder'
       and not os.path.isdir(os.path.expanduser(d.path))):
@@ -286,6 +323,13 @@ def check_config(data_cfg, check_files: bool = True) -> None:
   if d.source == 'moving_digits':
     from mae_jax.data import moving_digits as md  # pylint: disable=g-import-not-at-top
     md.check_config(d)
+  if d.multi_label and d.source not in MULTI_LABEL_SOURCES:
+    _fail('multi_label', d.multi_label, f'label sets are read from manifests:'
+          f' sources {MULTI_LABEL_SOURCES}, not {d.source!r}')
+  if d.multi_label and d.num_classes < 1:
+    _fail('num_classes', d.num_classes, 'data.multi_label=True needs the '
+          'number of classes of the set (the length of a label vector, '
+          'e.g. 527 for AudioSet)')
   if d.source == 'tfds' and not d.tfds_name:
     _fail('tfds_name', d.tfds_name, "must be set for source 'tfds'")
   if d.record_format not in RECORD_FORMATS:
@@ -311,6 +355,25 @@ def check_config(data_cfg, check_files: bool = True) -> None:
                    ('frame_stride', 1), ('clips_per_video', 1)):
     if d[key] < low:
       _fail(key, d[key], f'must be >= {low}')
+
+
+def check_audio(data_cfg, model_cfg) -> None:
+  """Audio sources give spectrograms [T, F, 1]: they need
+  model.spectrogram=True, channels 1 and frames 0; ValueError naming the
+  key."""
+  if data_cfg.source not in AUDIO_SOURCES:
+    return
+  want = 'model.spectrogram=True, model.channels=1, model.frames=0'
+  for key, value, ok in (('spectrogram', model_cfg.spectrogram, True),
+                         ('channels', model_cfg.channels, 1),
+                         ('frames', model_cfg.frames, 0)):
+    if value != ok:
+      raise ValueError(
+          f'config.model.{key}={value!r}: config.data.source='
+          f'{data_cfg.source!r} gives log-mel spectrograms [T, F, 1]; set '
+          f'{want} and model.image_size=(T frames, F mel bins)')
+  if data_cfg.sample_rate < 1000:
+    _fail('sample_rate', data_cfg.sample_rate, 'must be >= 1000 (Hz)')
 
 
 def _pair(d, key: str) -> tuple[float, float]:

@@ -223,8 +223,11 @@ def _stats(mean, std, channels: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def normalize(img: np.ndarray, mean, std) -> np.ndarray:
-  """uint8 [..., C] -> float32 (img / 255 - mean) / std."""
+  """uint8 [..., C] -> float32 (img / 255 - mean) / std; a float input (a
+  log-mel spectrogram) is already in its units: (img - mean) / std."""
   mean, std = _stats(mean, std, img.shape[-1])
+  if img.dtype != np.uint8:
+    return (img.astype(np.float32) - mean) / std
   return (img.astype(np.float32) * np.float32(1 / 255) - mean) / std
 
 

@@ -171,7 +171,7 @@ def _open(split: str):
                                       f.frame_stride, f.label_key,
                                       videos=f.videos)
   d.update(source='video_files', path=f.manifest, video_root=f.video_root)
-  return manifests.open_video_files(d, split)
+  return manifests.open_manifest('video_files', d, split)
 
 
 def main(argv):

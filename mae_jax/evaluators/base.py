@@ -88,6 +88,11 @@ class FeatureEvaluator(Evaluator):
     if not config.data.eval_split:
       raise ConfigError(f'{who} needs config.data.eval_split (a labelled test '
                         'split); it is empty')
+    if config.data.multi_label:
+      raise ConfigError(f'{who} scores single-label accuracy, but '
+                        'config.data.multi_label=True; fine-tune instead '
+                        "(task='classify': the classification evaluator "
+                        'reports mAP)')
     open_split(config, config.data.split, who, opened)
     test = open_split(config, config.data.eval_split, who, opened)
     if test.num_classes == 0:

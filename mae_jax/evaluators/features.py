@@ -70,8 +70,8 @@ class FeatureExtractor:
   def apply(self, fn, params, split: str, max_examples: int
             ) -> tuple[np.ndarray, np.ndarray]:
     """fn(params, images [B, *S, C]) -> [B, ...] on every example of
-    `split` (the evaluation view) -> (outputs [N, ...], labels int32 [N]),
-    gathered on every process."""
+    `split` (the evaluation view) -> (outputs [N, ...], labels int32 [N] or
+    multi-hot float32 [N, K]), gathered on every process."""
     c = self.config
     pc, pi = jax.process_count(), jax.process_index()
     outs, labels = [], []
@@ -82,13 +82,13 @@ class FeatureExtractor:
         frames=c.model.frames):
       images = sharding.to_global(batch['image'], self._image_sharding)
       out = fn(params, images)
-      meta = np.stack([batch['label'], batch['valid']], axis=1)
+      label, valid = batch['label'], batch['valid']
       if pc > 1:
-        out = multihost_utils.process_allgather(out, tiled=True)
-        meta = multihost_utils.process_allgather(meta, tiled=True)
-      valid = meta[:, 1].astype(bool)
+        out, label, valid = (multihost_utils.process_allgather(x, tiled=True)
+                             for x in (out, label, valid))
+      valid = np.asarray(valid, bool)
       outs.append(np.asarray(out)[valid])
-      labels.append(meta[valid, 0].astype(np.int32))
+      labels.append(np.asarray(label)[valid])
     if not outs:
       raise ValueError(f'data split {split!r} of config.data.source='
                        f'{c.data.source!r} has no examples to evaluate on')

@@ -46,6 +46,37 @@ def _tile(panels: list[np.ndarray], axis: int) -> np.ndarray:
   return np.concatenate(out, axis=axis)
 
 
+# Anchors of a perceptual dark-to-bright colormap (inferno's ends and three
+# interior points) for spectrograms: loudness reads as brightness.
+_HEAT = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9],
+                  [252, 255, 164]], np.float32)
+
+
+def _heat(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
+  """float [...] -> uint8 [..., 3]: x in [lo, hi] along the colormap."""
+  t = np.clip((x - lo) / max(hi - lo, 1e-6), 0, 1) * (len(_HEAT) - 1)
+  i = np.minimum(t.astype(np.int32), len(_HEAT) - 2)
+  f = (t - i)[..., None]
+  return np.round(_HEAT[i] * (1 - f) + _HEAT[i + 1] * f).astype(np.uint8)
+
+
+def spectrogram_grid(specs: np.ndarray, recon: np.ndarray, mask: np.ndarray,
+                     min_height: int = 96) -> np.ndarray:
+  """Spectrogram pictures -> uint8 [H', W', 3]: per example three panels
+  stacked, original | masked | reconstruction, time left to right and
+  frequency bottom to top (as spectrograms are drawn), one colour scale per
+  example (its original's range). specs, recon: [N, T, F, 1]; mask the same,
+  1 = masked (shown mid-gray)."""
+  rows = []
+  for x, r, m in zip(specs[..., 0], recon[..., 0], mask[..., 0]):
+    lo, hi = float(x.min()), float(x.max())
+    panels = [_heat(x, lo, hi), np.where(m[..., None] > 0.5, np.uint8(128),
+                                         _heat(x, lo, hi)), _heat(r, lo, hi)]
+    rows += [p.transpose(1, 0, 2)[::-1] for p in panels]  # [F, T, 3]
+  scale = max(1, min_height // rows[0].shape[0])
+  return _tile([p.repeat(scale, 0).repeat(scale, 1) for p in rows], axis=0)
+
+
 def picture_grid(images: np.ndarray, recon: np.ndarray, mask: np.ndarray,
                  mean, std, min_size: int = 96) -> np.ndarray:
   """Pictures of reconstructions -> uint8 [H', W', 3].
@@ -110,7 +141,9 @@ class Reconstruction(Evaluator):
     recon, mask, loss = jax.device_get(
         self._fn(params, images, self._rng, target=c.target))
     if jax.process_index() == 0:
-      grid = picture_grid(self._images, recon, mask, c.data.mean, c.data.std)
+      grid = (spectrogram_grid(self._images, recon, mask)
+              if c.model.spectrogram else
+              picture_grid(self._images, recon, mask, c.data.mean, c.data.std))
       folder = os.path.join(self.ctx.workdir, 'images')
       os.makedirs(folder, exist_ok=True)
       name = 'reconstruction' + ('' if tag == 'trained' else f'_{tag}')

@@ -59,21 +59,23 @@ class Classifier(Encoder):
                                ('embed', None)),
         bias_init=param_init(nnx.initializers.zeros_init(), (None,)))
 
-  def features(self, x: jax.Array, rng: jax.Array | None = None
-               ) -> jax.Array:
+  def features(self, x: jax.Array, rng: jax.Array | None = None,
+               ids_keep: jax.Array | None = None) -> jax.Array:
     """x: [B, *S, C] -> pooled, normalized features [B, D]. rng: drop path
-    (training); None: deterministic (evaluation)."""
-    tokens = self.encode(self.patchify(x), drop_path_rate=self.drop_path,
-                         rng=rng)
+    (training); None: deterministic (evaluation). ids_keep [B, K]: the
+    tokens the encoder sees (token masking while fine-tuning, AudioMAE);
+    None: all."""
+    tokens = self.encode(self.patchify(x), ids_keep,
+                         drop_path_rate=self.drop_path, rng=rng)
     if self.pool == 'cls':
       return tokens[:, 0]
     n_cls = 1 if self.cls_token is not None else 0
     return self.fc_norm(tokens[:, n_cls:].mean(axis=1))
 
-  def __call__(self, x: jax.Array, rng: jax.Array | None = None
-               ) -> jax.Array:
-    """x: [B, *S, C] -> logits [B, K] in float32."""
-    return self.head(self.features(x, rng)).astype(jnp.float32)
+  def __call__(self, x: jax.Array, rng: jax.Array | None = None,
+               ids_keep: jax.Array | None = None) -> jax.Array:
+    """x: [B, *S, C] -> logits [B, K] in float32 (see features)."""
+    return self.head(self.features(x, rng, ids_keep)).astype(jnp.float32)
 
 
 def build(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> Classifier:

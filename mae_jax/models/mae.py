@@ -20,7 +20,7 @@ from flax import nnx
 
 from mae_jax import config as config_lib
 from mae_jax import masking, targets
-from mae_jax.models import position, tokenizers
+from mae_jax.models import local_attention, position, tokenizers
 from mae_jax.models.encoder import Encoder
 from mae_jax.models.vit import (Block, BlockStack, decode_variant, dense,
                                 layer_norm, param_init)
@@ -56,6 +56,33 @@ def decode_decoder(spec: str) -> DecoderSpec:
   return DecoderSpec(width, depth, heads, mlp)
 
 
+DECODER_ATTENTION = ('global', 'local')
+
+
+def check_decoder_attention(attention: str, window: Sequence[int],
+                            shift: Sequence[int], grid: Sequence[int],
+                            strategy: masking.Strategy) -> None:
+  """ValueError naming the model.decoder_* key (or the masking) that a
+  decoder of `attention` cannot use on this grid and masking."""
+  if attention not in DECODER_ATTENTION:
+    raise ValueError(f'model.decoder_attention={attention!r}: allowed '
+                     f'{DECODER_ATTENTION}')
+  if attention != 'local':
+    return
+  if len(grid) != 2:
+    raise ValueError(
+        "model.decoder_attention='local' (AudioMAE's windowed decoder) needs "
+        f'a 2-D token grid (images, spectrograms); this input has the '
+        f'{len(grid)}-D grid {tuple(grid)}')
+  if strategy.decoded is not None:
+    raise ValueError(
+        "model.decoder_attention='local' needs every token in the decoder "
+        f'(windows over the whole grid), but masking.name={strategy.name!r} '
+        'decodes a subset; use another masking or decoder_attention='
+        "'global'")
+  local_attention.window_and_shift(grid, window, shift)
+
+
 class TokenSampler(nnx.Module):
   """AdaMAE's sampling network (Bandara et al. 2023): patch embeddings plus
   its own learned position table, one transformer block and a linear layer
@@ -85,7 +112,13 @@ class MAE(Encoder):
                cls_token: bool = True, dtype=jnp.float32,
                attention: str | None = None, remat: str = 'none',
                remat_names: Sequence[str] = (), scan_unroll: int = 1,
-               rngs: nnx.Rngs):
+               decoder_attention: str = 'global',
+               decoder_window: Sequence[int] = (4, 4),
+               decoder_shift: Sequence[int] = (2, 0), rngs: nnx.Rngs):
+    """decoder_attention: 'global' (ViT blocks over all tokens) or 'local'
+    (AudioMAE: local_attention.LocalBlockStack over decoder_window windows
+    of the 2-D grid, every second block shifted by decoder_shift; the cls
+    token does not enter it)."""
     enc, dec = decode_variant(variant), decode_decoder(decoder)
     stack = dict(dtype=dtype, attention=attention, remat=remat,
                  remat_names=remat_names, scan_unroll=scan_unroll)
@@ -96,6 +129,9 @@ class MAE(Encoder):
     self.mask_options = masking_options or masking.Options(ratio=mask_ratio)
     strategy = masking.get(masking_name)
     strategy.check(self.grid, self.mask_options)
+    check_decoder_attention(decoder_attention, decoder_window, decoder_shift,
+                            self.grid, strategy)
+    self.decoder_attention = decoder_attention
     patch_dim = math.prod(self.patch) * channels
     # Only strategies that declare a sampler get one (and its parameters).
     self.sampler = (TokenSampler(self.num_patches, enc.width, enc.num_heads,
@@ -109,8 +145,15 @@ class MAE(Encoder):
                                             rngs=rngs)
     token_init = param_init(nnx.initializers.normal(0.02), (None, None, 'norm'))
     self.mask_token = nnx.Param(token_init(rngs.params(), (1, 1, dec.width)))
-    self.decoder = BlockStack(dec.depth, dec.width, dec.mlp_dim, dec.num_heads,
-                              **stack, rngs=rngs)
+    if decoder_attention == 'local':
+      self.decoder = local_attention.LocalBlockStack(
+          dec.depth, dec.width, dec.mlp_dim, dec.num_heads, grid=self.grid,
+          window=decoder_window, shift=decoder_shift, dtype=dtype,
+          remat=remat, remat_names=remat_names, scan_unroll=scan_unroll,
+          rngs=rngs)
+    else:
+      self.decoder = BlockStack(dec.depth, dec.width, dec.mlp_dim,
+                                dec.num_heads, **stack, rngs=rngs)
     self.decoder_norm = layer_norm(dec.width, dtype=dtype, rngs=rngs)
     self.decoder_pred = dense(dec.width, patch_dim, ('embed', 'patch'),
                               dtype=dtype, rngs=rngs)
@@ -163,6 +206,12 @@ class MAE(Encoder):
       masked = jnp.broadcast_to(self.mask_token[...].astype(x.dtype), (b, m, e))
       x_ = jnp.concatenate([visible + jnp.take(pos, mask.ids_keep, axis=0),
                             masked + jnp.take(pos, mask.decode_ids, axis=0)], 1)
+    if self.decoder_attention == 'local':
+      # Windows tile the grid: the cls token stays out (AudioMAE drops it),
+      # and every token is predicted in position order.
+      x = constrain(x_, ('batch', 'length', 'act_embed'))
+      x = self.decoder_norm(self.decoder(x))
+      return self.decoder_pred(x).astype(jnp.float32)
     x = jnp.concatenate([cls, x_], axis=1)
     x = constrain(x, ('batch', 'length', 'act_embed'))
     x = self.decoder_norm(self.decoder(x))
@@ -191,7 +240,9 @@ def model_kwargs(config: ml_collections.ConfigDict) -> dict:
       pos_embed=m.pos_embed, cls_token=m.cls_token,
       dtype=jnp.dtype(m.dtype), attention=m.attention or None,
       remat=m.remat, remat_names=tuple(m.remat_names),
-      scan_unroll=m.scan_unroll)
+      scan_unroll=m.scan_unroll, decoder_attention=m.decoder_attention,
+      decoder_window=tuple(m.decoder_window),
+      decoder_shift=tuple(m.decoder_shift))
 
 
 def build(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> MAE:

@@ -12,6 +12,11 @@ plus `@register('name')`.
   sincos_yx          the same with the first axis first (y then x): the
                      order of checkpoints made before mae_jax adopted the
                      official one (config.with_defaults maps them to it)
+  sincos_audiomae    AudioMAE's fixed table: 'sincos' of the grid with its
+                     axes reversed, row i for token i (the official
+                     PatchEmbed_org swaps its patch_hw, so the (64, 8)
+                     time x mel grid gets the table of an 8 x 64 grid in
+                     token order); the same as 'sincos' on square grids
   sincos_flat        VideoMAE's fixed table: 1-D sinusoids of the flat token
                      index (t, y, x row-major), sin on even and cos on odd
                      channels (Tong et al. 2022, official code)
@@ -101,6 +106,15 @@ class SinCosYX(SinCos):
   def table(self) -> np.ndarray:
     return tokenizers.sincos_pos_embed(self.grid, self.width,
                                        last_axis_first=False)
+
+
+@register('sincos_audiomae')
+class SinCosAudioMAE(SinCos):
+
+  def table(self) -> np.ndarray:
+    # Built for the reversed grid, read in this grid's flat token order:
+    # what the official checkpoints were trained with.
+    return tokenizers.sincos_pos_embed(self.grid[::-1], self.width)
 
 
 def sinusoid_table(length: int, width: int) -> np.ndarray:
