@@ -14,8 +14,9 @@ PYENV_312 = $(shell v=$$(pyenv versions --bare 2>/dev/null | grep -E '^3\.12(\.[
 BASE_PYTHON := $(if $(call PY_OK,$(PYTHON)),$(PYTHON),$(PYENV_312))
 VPY := $(VENV)/bin/python
 
-.PHONY: demo video-demo finetune-demo test env clean-demo
+.PHONY: demo video-demo finetune-demo audio-demo spoken-digits test env clean-demo
 VIDEO_WORKDIR ?= workdirs/video_demo
+AUDIO_WORKDIR ?= workdirs/audio_demo
 FINETUNE_WORKDIR ?= workdirs/finetune_demo
 env: $(VENV)/.installed
 
@@ -42,8 +43,19 @@ finetune-demo: env
 	$(VPY) -m mae_jax.main --config=configs/finetune_demo.py:init= --workdir=$(FINETUNE_WORKDIR)_scratch
 	$(VPY) -m mae_jax.evaluate --workdir=$(WORKDIR) --evals=linear_probe,knn,attentive_probe
 
+# The spoken digits (eSpeak NG, bundled by the espeakng-loader wheel) are
+# generated on first use into ~/.cache/mae_jax/spoken_digits ($MAE_JAX_DATA
+# moves it); `make spoken-digits` only generates them.
+spoken-digits: env
+	$(VPY) -m mae_jax.data.spoken_digits
+
+# Pretraining on spoken digits, then the probes on voices never heard.
+audio-demo: env
+	$(VPY) -m mae_jax.main --config=configs/audio_demo.py --workdir=$(AUDIO_WORKDIR)
+
 test: env
 	$(VPY) -m pytest -q $(PYTEST_ARGS) tests
 
 clean-demo:
-	rm -rf $(WORKDIR) $(VIDEO_WORKDIR) $(FINETUNE_WORKDIR) $(FINETUNE_WORKDIR)_scratch
+	rm -rf $(WORKDIR) $(VIDEO_WORKDIR) $(FINETUNE_WORKDIR) $(FINETUNE_WORKDIR)_scratch \
+	  $(AUDIO_WORKDIR)

@@ -75,6 +75,30 @@ def test_audio_pipeline_batches_and_labels(audio_dir):
   assert not e['label'][~e['valid']].any()
 
 
+def test_bad_audio_files_are_named_or_skipped_and_counted(audio_dir):
+  (audio_dir / 'empty.wav').write_bytes(b'')
+  soundfile.write(audio_dir / 'short.wav', np.zeros(100, np.float32), 16000)
+  (audio_dir / 'bad.csv').write_text('train0.wav,0\nempty.wav,1\n'
+                                     'short.wav,2\nmissing.flac,0\n')
+  c = _audio_config(audio_dir)
+  c.data.update(path=str(audio_dir / 'bad.csv'), split='train',
+                multi_label=False, num_classes=0)
+  it = data.build_train_iterator(c.data, image_size=(32, 16), channels=1,
+                                 global_batch=8, seed=0)
+  with pytest.raises(data.BadRecordError, match=r'(empty\.wav\): the audio '
+                     r'file is empty|short\.wav\): the audio is too short: '
+                     r'100 samples|missing\.flac\): cannot be read)'):
+    next(it)
+  it.close()
+  c.data.skip_bad_records = True
+  it = data.build_train_iterator(c.data, image_size=(32, 16), channels=1,
+                                 global_batch=8, seed=0)
+  b = next(it)
+  it.close()
+  assert (b['index'] == 0).all() and b['skipped'].sum() > 0
+  assert b['skipped'].max() == 3  # record 1 passes over 1, 2 and 3
+
+
 def test_audio_pretraining_pictures_api_and_multilabel_finetune(
     audio_dir, tmp_path):
   c = _audio_config(audio_dir)

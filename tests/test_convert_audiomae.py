@@ -171,6 +171,12 @@ def test_the_command_writes_a_workdir_that_loads(ref, tmp_path):
   mask = _mask(ref['noise'])
   pred = _outputs(model, jnp.asarray(ref['spectrograms']), mask)['pred']
   assert _worst(pred, ref['local/pred']) < TOL
+  # The official MAE layout has no place for the local decoder.
+  from mae_jax.convert import ConvertError, export  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ConvertError, match=r"decoder_attention='local': .*"
+                     r'--to=safetensors'):
+    export.export('mae', str(out), str(tmp_path / 'x.pth'))
+  assert not (tmp_path / 'x.pth').exists()
 
 
 def test_encoder_only_file_gets_a_fresh_local_decoder(official, ref,

@@ -61,20 +61,25 @@ def _heat(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
 
 
 def spectrogram_grid(specs: np.ndarray, recon: np.ndarray, mask: np.ndarray,
-                     min_height: int = 96) -> np.ndarray:
-  """Spectrogram pictures -> uint8 [H', W', 3]: per example three panels
-  stacked, original | masked | reconstruction, time left to right and
-  frequency bottom to top (as spectrograms are drawn), one colour scale per
-  example (its original's range). specs, recon: [N, T, F, 1]; mask the same,
-  1 = masked (shown mid-gray)."""
-  rows = []
+                     min_height: int = 128) -> np.ndarray:
+  """Spectrogram pictures -> uint8 [H', W', 3]: per example the original |
+  masked | reconstruction, time left to right and frequency bottom to top
+  (as spectrograms are drawn), one colour scale per example (its original's
+  range). The three panels sit side by side, or one above the other when a
+  spectrogram is more than twice as long as it is high (AudioMAE's
+  1024 x 128). specs, recon: [N, T, F, 1]; mask the same, 1 = masked (shown
+  mid-gray)."""
+  long = specs.shape[1] > 2 * specs.shape[2]
+  scale = max(1, min_height // specs.shape[2])
+  blocks = []
   for x, r, m in zip(specs[..., 0], recon[..., 0], mask[..., 0]):
     lo, hi = float(x.min()), float(x.max())
     panels = [_heat(x, lo, hi), np.where(m[..., None] > 0.5, np.uint8(128),
                                          _heat(x, lo, hi)), _heat(r, lo, hi)]
-    rows += [p.transpose(1, 0, 2)[::-1] for p in panels]  # [F, T, 3]
-  scale = max(1, min_height // rows[0].shape[0])
-  return _tile([p.repeat(scale, 0).repeat(scale, 1) for p in rows], axis=0)
+    panels = [p.transpose(1, 0, 2)[::-1].repeat(scale, 0).repeat(scale, 1)
+              for p in panels]  # [F, T, 3], low frequencies at the bottom
+    blocks.append(_tile(panels, axis=0 if long else 1))
+  return _tile(blocks, axis=0)
 
 
 def picture_grid(images: np.ndarray, recon: np.ndarray, mask: np.ndarray,
