@@ -92,3 +92,43 @@ def test_configs_saved_before_the_video_keys_still_build_their_model():
   assert kw['input_size'] == (16, 16) and kw['pos_embed'] == 'sincos'
   assert kw['masking_options'].ratio == 0.5
   assert c.model.variant == 'mu/4'  # saved values win over defaults
+
+
+@pytest.mark.parametrize('dataset,classes,multi,frames,batch,epochs,blr', [
+    ('as20k', 527, True, 1024, 32, 60, 1e-3),
+    ('as2m', 527, True, 1024, 512, 100, 2e-4),
+    ('esc50', 50, False, 512, 64, 50, 1e-3)])
+def test_audiomae_finetune_recipes_match_the_official_scripts(
+    dataset, classes, multi, frames, batch, epochs, blr):
+  c = load_config('audiomae_finetune', f'set={dataset}')
+  assert (c.classify.num_classes, c.data.multi_label, c.batch_size,
+          c.total_epochs, c.optim.base_lr) == (classes, multi, batch, epochs,
+                                               blr)
+  assert tuple(c.model.image_size) == (frames, 128) and c.model.spectrogram
+  assert (c.classify.masking, c.masking.time_ratio,
+          c.masking.freq_ratio) == ('time_freq', 0.2, 0.2)
+  assert (c.optim.layer_decay, c.classify.drop_path) == (0.75, 0.1)
+  assert c.classify.mixup == (0.5 if multi else 0.0)
+
+
+def test_audiomae_recipe_then_finetune_runlocal(tmp_path, monkeypatch):
+  """AudioMAE's pretraining recipe (the paper's numbers), then its runlocal
+  form chained into the fine-tuning recipe's, on generated spoken digits."""
+  c = load_config('audiomae')
+  assert (c.model.variant, c.model.decoder, c.model.decoder_attention,
+          tuple(c.model.decoder_window), tuple(c.model.decoder_shift)) == (
+              'B/16', '512d16b16h', 'local', (4, 4), (2, 0))
+  assert tuple(c.model.image_size) == (1024, 128) and c.masking.ratio == 0.8
+  assert (c.batch_size, c.total_epochs, c.optim.base_lr, c.target) == (
+      512, 32, 2e-4, 'norm_pixels')
+  assert tuple(c.data.std) == (pytest.approx(2 * 4.5689974),)
+  monkeypatch.setenv('MAE_JAX_DATA', str(tmp_path / 'data'))
+  c = load_config('audiomae', 'runlocal=true')
+  c.stop_at_step = 2
+  pre = str(tmp_path / 'pre')
+  assert train.train(c, pre)['step'] == 2
+  f = load_config('audiomae_finetune', 'runlocal=true')
+  f.init_from, f.total_steps, f.optim.warmup_steps = pre, 2, 1
+  f.evals.classification.max_examples = 16
+  result = train.train(f, str(tmp_path / 'finetune'))
+  assert result['step'] == 2 and 0 <= result['classification/top1'] <= 1
