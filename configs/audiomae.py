@@ -30,6 +30,7 @@ pixels) on a tiny model and the generated spoken digits
 """
 
 from mae_jax import config as config_lib
+from mae_jax import recipes
 
 def get_config(arg: str | None = None):
   a = config_lib.parse_arg(arg, variant='B/16', epochs=32, batch=512,
@@ -41,7 +42,7 @@ def get_config(arg: str | None = None):
   c.model.decoder_window = (4, 4)
   c.model.decoder_shift = (2, 0)
   c.model.dtype = 'bfloat16'
-  config_lib.spectrogram_input(c, frames=1024)
+  recipes.spectrogram_input(c, frames=1024)
   c.masking.name, c.masking.ratio = 'random', 0.8
   c.target = 'norm_pixels'
 
@@ -65,7 +66,7 @@ def get_config(arg: str | None = None):
   if a.runlocal:
     c.model.variant, c.model.dtype = 'mu/16', 'float32'
     c.model.decoder = '64d2b4h'
-    config_lib.spectrogram_input(c, frames=128, mel_bins=64)  # 8 x 4 tokens
+    recipes.spectrogram_input(c, frames=128, mel_bins=64)  # 8 x 4 tokens
     c.data.source, c.data.path = 'spoken_digits', ''
     c.data.split, c.data.eval_split = 'train', 'test'
     c.data.worker_count, c.data.read_threads = 0, 2

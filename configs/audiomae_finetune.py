@@ -34,6 +34,7 @@ on the generated spoken digits (single-label, 10 classes).
 """
 
 from mae_jax import config as config_lib
+from mae_jax import recipes
 
 # set -> (classes, multi-label, frames, batch, epochs, base_lr, weight decay,
 #         mixup, label smoothing, warmup epochs)
@@ -56,10 +57,10 @@ def get_config(arg: str | None = None):
   c.model.variant = 'B/16'
   c.model.dtype = 'bfloat16'
   if a.set == 'esc50':  # ESC-50's own statistics (the official dataset.py)
-    config_lib.spectrogram_input(c, frames=frames, mean=-6.6268077,
+    recipes.spectrogram_input(c, frames=frames, mean=-6.6268077,
                                  std=2 * 5.358466)
   else:
-    config_lib.spectrogram_input(c, frames=frames)
+    recipes.spectrogram_input(c, frames=frames)
 
   f = c.classify
   f.num_classes = classes
@@ -102,7 +103,7 @@ def get_config(arg: str | None = None):
 
   if a.runlocal:
     c.model.variant, c.model.dtype = 'mu/16', 'float32'
-    config_lib.spectrogram_input(c, frames=128, mel_bins=64)
+    recipes.spectrogram_input(c, frames=128, mel_bins=64)
     c.classify.num_classes = 10
     c.data.update(source='spoken_digits', path='', multi_label=False,
                   num_classes=0, split='train', eval_split='test',

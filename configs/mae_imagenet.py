@@ -22,6 +22,7 @@ on synthetic data (a smoke test of the config on any machine).
 """
 
 from mae_jax import config as config_lib
+from mae_jax import recipes
 
 
 def get_config(arg: str | None = None):
@@ -55,7 +56,7 @@ def get_config(arg: str | None = None):
   c.checkpoint_every = 2000
   c.evals.reconstruction.every_steps = 5000
   # Quick frozen-feature signals on subsets of the train/validation splits.
-  config_lib.subset_probes(c, 50_000, 10_000)
+  recipes.subset_probes(c, 50_000, 10_000)
   c.eval_batch_size = 1024
 
   if a.runlocal:

@@ -40,6 +40,7 @@ a tiny model and the `moving_digits` synthetic clips, for a few steps.
 """
 
 from mae_jax import config as config_lib
+from mae_jax import recipes
 
 SIZES = ('B', 'L', 'H')
 
@@ -93,10 +94,10 @@ def get_config(arg: str | None = None):
   c.checkpoint_every = 2000
   c.evals.reconstruction.every_steps = 5000
   c.evals.reconstruction.num_images = 4
-  config_lib.subset_probes(c, 20_000, 5_000)
+  recipes.subset_probes(c, 20_000, 5_000)
   c.evals.linear_probe.pool = c.evals.knn.pool = 'cls'
   c.eval_batch_size = 256
 
   if a.runlocal:
-    config_lib.local_clip_run(c)
+    recipes.local_clip_run(c)
   return config_lib.finalize(c)

@@ -51,6 +51,7 @@ and the `moving_digits` synthetic clips, for a few steps.
 """
 
 from mae_jax import config as config_lib
+from mae_jax import recipes
 
 SIZES = ('e', '22B')
 DATASETS = {'k400': 4, 'ssv2': 2}  # -> frame stride
@@ -106,9 +107,9 @@ def get_config(arg: str | None = None):
   c.checkpoint_every = 1000
   c.evals.reconstruction.every_steps = 5000
   c.evals.reconstruction.num_images = 4
-  config_lib.subset_probes(c, 20_000, 5_000)
+  recipes.subset_probes(c, 20_000, 5_000)
   c.eval_batch_size = 256
 
   if a.runlocal:
-    config_lib.local_clip_run(c)
+    recipes.local_clip_run(c)
   return config_lib.finalize(c)

@@ -48,6 +48,7 @@ few steps on any machine.
 """
 
 from mae_jax import config as config_lib
+from mae_jax import recipes
 
 # size -> decoder (official modeling_pretrain.py + scripts' --decoder_depth).
 DECODERS = {'S': '192d4b3h', 'B': '384d4b6h', 'L': '512d12b8h',
@@ -111,9 +112,9 @@ def get_config(arg: str | None = None):
   c.checkpoint_every = 2000
   c.evals.reconstruction.every_steps = 5000
   c.evals.reconstruction.num_images = 4
-  config_lib.subset_probes(c, 20_000, 5_000)
+  recipes.subset_probes(c, 20_000, 5_000)
   c.eval_batch_size = 256
 
   if a.runlocal:
-    config_lib.local_clip_run(c)
+    recipes.local_clip_run(c)
   return config_lib.finalize(c)

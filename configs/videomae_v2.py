@@ -51,6 +51,7 @@ tiny model and the `moving_digits` synthetic clips, for a few steps.
 """
 
 from mae_jax import config as config_lib
+from mae_jax import recipes
 
 # size -> (decoder, clips per step, --lr, warmup epochs, epochs, clip_norm),
 # epochs in clips (= the scripts' epochs x 4).
@@ -123,9 +124,9 @@ def get_config(arg: str | None = None):
   c.checkpoint_every = 2000
   c.evals.reconstruction.every_steps = 5000
   c.evals.reconstruction.num_images = 4
-  config_lib.subset_probes(c, 20_000, 5_000, enabled=bool(eval_split))  # UnlabeledHybrid: no labels
+  recipes.subset_probes(c, 20_000, 5_000, enabled=bool(eval_split))  # UnlabeledHybrid: no labels
   c.eval_batch_size = 256
 
   if a.runlocal:
-    config_lib.local_clip_run(c)
+    recipes.local_clip_run(c)
   return config_lib.finalize(c)

@@ -4,8 +4,8 @@ Exact kept counts, whole rows / columns, the row x column product of
 time_freq and its equality with the official AudioMAE code on the same noise
 (fixtures/audiomae_masking.npz, made by make_audiomae_masking_fixture.py
 from facebookresearch/AudioMAE's models_mae.py), SpecAugment's contiguous
-bands, determinism, config checks, and one MAE loss on a spectrogram-shaped
-input.
+bands, determinism and config checks (an MAE trained with time_freq masking:
+test_audio_train.py).
 """
 
 import functools
@@ -16,11 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from mae_jax import audio_masking, config as config_lib, masking
-from mae_jax import step as step_lib
-from mae_jax.models import mae
 
 from conftest import load_config
 
@@ -290,25 +287,3 @@ def test_config_keys_defaults_and_validation():
   c.masking.freq_ratio = 0.8
   with pytest.raises(config_lib.ConfigError, match='masking.freq_ratio=0.8'):
     config_lib.validate(c, num_devices=1, check_files=False)
-
-
-def test_mae_loss_with_time_freq_on_a_spectrogram_shaped_input():
-  opts = _opts(0.75, time_ratio=0.5, freq_ratio=0.5)
-  model = mae.MAE(input_size=(32, 16), channels=1, variant='mu/4',
-                  decoder='24d1b', mask_ratio=0.75, masking_name='time_freq',
-                  masking_options=opts, rngs=nnx.Rngs(0))
-  assert model.grid == (8, 4)
-  x = jax.random.normal(jax.random.key(1), (2, 32, 16, 1))
-
-  @nnx.jit
-  def run(model, x, key):
-    mask = model.sample_mask(key, x)
-    return mask, step_lib.loss_terms(model, x, mask, 'pixels')
-
-  mask, terms = run(model, x, jax.random.key(2))
-  _check_consistent(mask, 4 * 2, 32)  # 4 of 8 rows x 2 of 4 columns
-  rows, cols = _lines(mask.mask, (8, 4))
-  np.testing.assert_array_equal((rows == 1).sum(1), 4)
-  np.testing.assert_array_equal((cols == 1).sum(1), 2)
-  loss = float(terms['reconstruction'])
-  assert np.isfinite(loss) and loss > 0

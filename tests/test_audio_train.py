@@ -102,6 +102,9 @@ def test_bad_audio_files_are_named_or_skipped_and_counted(audio_dir):
 def test_audio_pretraining_pictures_api_and_multilabel_finetune(
     audio_dir, tmp_path):
   c = _audio_config(audio_dir)
+  # AudioMAE's 2-D masking through the whole loop: 2 of 4 time rows x 1 of
+  # 2 mel columns visible.
+  c.masking.update(name='time_freq', time_ratio=0.5, freq_ratio=0.5)
   c.evals.reconstruction.enabled = True
   c.evals.reconstruction.every_steps = 2
   pre = tmp_path / 'pre'
@@ -120,6 +123,7 @@ def test_audio_pretraining_pictures_api_and_multilabel_finetune(
   assert mae.encode([wave, wave[:5000]]).shape[0] == 2
   recon, mask = mae.reconstruct(spec, rng=0)
   assert recon.shape == (32, 16) and mask.shape == (32, 16)
+  assert mask.mean() == 0.75  # 2 of the 8 tokens of 8x8 bins visible
   np.testing.assert_allclose(recon[mask == 0], spec[mask == 0], atol=1e-4)
   with pytest.raises(ValueError, match=r'waveforms \[n\] or \[N, n\] at '
                      r'16000 Hz, or log-mel spectrograms \[32, 16\]'):
@@ -141,3 +145,17 @@ def test_audio_pretraining_pictures_api_and_multilabel_finetune(
   assert np.isfinite(ev['classification/loss'])
   logits = mae_jax.load(str(out)).classify(wave)
   assert logits.shape == (3,)
+
+
+def test_dataset_stats_are_those_of_the_decoded_frames(audio_dir):
+  from mae_jax.data import audio, audio_stats  # pylint: disable=g-import-not-at-top
+  c = _audio_config(audio_dir)
+  mean, std, files, skipped = audio_stats.dataset_stats(c, max_files=5)
+  ops = audio.AudioOps((32, 16))
+  rows = (audio_dir / 'train.csv').read_text().split()[1:]
+  picked = [rows[i].split(',')[0] for i in (0, 3, 6, 8, 11)]  # evenly spaced
+  feats = np.concatenate([ops.decode((audio_dir / p).read_bytes(), p)
+                          for p in picked]).astype(np.float64)
+  assert (files, skipped) == (5, 0)
+  assert mean == pytest.approx(feats.mean(), rel=1e-9)
+  assert std == pytest.approx(feats.std(), rel=1e-6)

@@ -113,7 +113,8 @@ def test_audiomae_finetune_recipes_match_the_official_scripts(
 
 def test_audiomae_recipe_then_finetune_runlocal(tmp_path, monkeypatch):
   """AudioMAE's pretraining recipe (the paper's numbers), then its runlocal
-  form chained into the fine-tuning recipe's, on generated spoken digits."""
+  form (local decoder, spoken digits) chained into the fine-tuning recipe's
+  (one step: fine-tuning audio runs in test_audio_train.py)."""
   c = load_config('audiomae')
   assert (c.model.variant, c.model.decoder, c.model.decoder_attention,
           tuple(c.model.decoder_window), tuple(c.model.decoder_shift)) == (
@@ -128,7 +129,7 @@ def test_audiomae_recipe_then_finetune_runlocal(tmp_path, monkeypatch):
   pre = str(tmp_path / 'pre')
   assert train.train(c, pre)['step'] == 2
   f = load_config('audiomae_finetune', 'runlocal=true')
-  f.init_from, f.total_steps, f.optim.warmup_steps = pre, 2, 1
+  f.init_from, f.total_steps, f.optim.warmup_steps = pre, 1, 0
   f.evals.classification.max_examples = 16
   result = train.train(f, str(tmp_path / 'finetune'))
-  assert result['step'] == 2 and 0 <= result['classification/top1'] <= 1
+  assert result['step'] == 1 and 0 <= result['classification/top1'] <= 1

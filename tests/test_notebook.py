@@ -3,7 +3,7 @@
 import nbformat
 from nbclient import NotebookClient
 
-from mae_jax import config as config_lib, train
+from mae_jax import recipes, train
 from conftest import ROOT, load_config
 from test_video_train import _clip_config
 
@@ -19,7 +19,7 @@ def test_demo_notebook_executes(tmp_path, monkeypatch):
   monkeypatch.setenv('MAE_JAX_DATA', str(tmp_path / 'data'))
   sound = tmp_path / 'audio'
   c = load_config('test', 'steps=2')
-  config_lib.spectrogram_input(c, frames=32, mel_bins=16, mean=-4.9,
+  recipes.spectrogram_input(c, frames=32, mel_bins=16, mean=-4.9,
                                std=8.7)
   c.model.variant, c.model.decoder = 'mu/8', '32d1b'
   c.data.update(source='spoken_digits', path='')

@@ -35,10 +35,11 @@ def _clip_config(masking='tube', pos_embed='sincos_flat', steps=2):
   return c
 
 
+# The strategies whose model differs (decoded subset, sampler network,
+# learned tables); every strategy's train step is in test_video_masking.py.
 @pytest.mark.parametrize('masking,pos_embed', [
-    ('random', 'learned_separable'), ('tube', 'sincos_flat'),
-    ('frame', 'sincos_flat'), ('dual', 'sincos_flat'),
-    ('motion', 'sincos_flat'), ('adaptive', 'learned_separable')])
+    ('random', 'learned_separable'), ('dual', 'sincos_flat'),
+    ('adaptive', 'learned_separable')])
 def test_training_run_per_strategy(tmp_path, masking, pos_embed):
   out = train.train(_clip_config(masking, pos_embed), str(tmp_path))
   assert out['step'] == 2

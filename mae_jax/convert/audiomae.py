@@ -189,7 +189,7 @@ def _read_finetuned(sd: Mapping[str, Any], options: Options) -> Converted:
   """models_vit.py classifiers: the mae format's fine-tuned path, given the
   spectrogram size, then made an audio config."""
   import dataclasses  # pylint: disable=g-import-not-at-top
-  from mae_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from mae_jax import recipes  # pylint: disable=g-import-not-at-top
   proj = _require(sd, 'patch_embed.proj.weight')
   pos = _require(sd, 'pos_embed')
   if len(proj.shape) != 4 or len(pos.shape) != 3:
@@ -202,7 +202,7 @@ def _read_finetuned(sd: Mapping[str, Any], options: Options) -> Converted:
   converted = mae_format.read_mae(sd, dataclasses.replace(options,
                                                           image_size=size))
   c = converted.config
-  config_lib.spectrogram_input(c, frames=size[0], mel_bins=size[1])
+  recipes.spectrogram_input(c, frames=size[0], mel_bins=size[1])
   notes = [n for n in converted.notes if not n.startswith('image size')]
   notes.insert(2, f'spectrogram {size[0]} frames x {size[1]} mel bins: from '
                f'{why}')
@@ -218,7 +218,7 @@ def _read_finetuned(sd: Mapping[str, Any], options: Options) -> Converted:
           'pretraining (decoder_mode 0 or 1, or encoder only) and fine-tuned '
           'classifiers')
 def read_audiomae(sd: Mapping[str, Any], options: Options) -> Converted:
-  from mae_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from mae_jax import config as config_lib, recipes  # pylint: disable=g-import-not-at-top
   from mae_jax.models import vit  # pylint: disable=g-import-not-at-top
 
   kind = mae_format.kind_of(sd)
@@ -341,7 +341,7 @@ def read_audiomae(sd: Mapping[str, Any], options: Options) -> Converted:
   c.model.decoder_attention = 'local' if local else 'global'
   c.model.decoder_window, c.model.decoder_shift = OFFICIAL_WINDOW, shift
   c.model.frames = 0
-  config_lib.spectrogram_input(c, frames=size[0], mel_bins=size[1])
+  recipes.spectrogram_input(c, frames=size[0], mel_bins=size[1])
   c.model.pos_embed = pos_kind
   c.model.cls_token = True
   c.masking.name = options.masking or 'random'
