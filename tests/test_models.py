@@ -82,6 +82,19 @@ def test_patchify_matches_reference_layout_and_inverts():
       tokenizers.unpatchify(tok, (2, 3), (p, p), 3), x)
 
 
+def test_spectrogram_patches_are_audiomaes_layout_and_invert():
+  """A 1024 x 128 spectrogram [T, F, 1] -> 64 x 8 tokens, time-major, values
+  ordered as AudioMAE's patchify of its [N, 1, T, F] input."""
+  x = np.random.default_rng(1).normal(size=(2, 1024, 128, 1)).astype(
+      np.float32)
+  assert tokenizers.grid_shape((1024, 128), (16, 16)) == (64, 8)
+  ref = x[..., 0].reshape(2, 64, 16, 8, 16).transpose(0, 1, 3, 2, 4)
+  tok = tokenizers.patchify(jnp.asarray(x), (16, 16))
+  np.testing.assert_array_equal(tok, ref.reshape(2, 512, 256))
+  np.testing.assert_array_equal(
+      tokenizers.unpatchify(tok, (64, 8), (16, 16), 1), x)
+
+
 def test_patchify_video_tubelets_invert():
   x = jnp.arange(2 * 4 * 8 * 8 * 3, dtype=jnp.float32).reshape(2, 4, 8, 8, 3)
   tok = tokenizers.patchify(x, (2, 4, 4))
