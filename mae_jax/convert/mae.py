@@ -331,11 +331,7 @@ def read_mae(sd: Mapping[str, Any], options: Options) -> Converted:
 
   # Parameters.
   f32 = lambda key: as_array(sd[key]).astype(np.float32)
-  params = {
-      'patch_embed/kernel': vit_layout.patch_kernel_from_conv(proj),
-      'patch_embed/bias': f32('patch_embed.proj.bias'),
-      'cls_token': f32('cls_token'),
-  }
+  params = vit_layout.stem_from_torch(sd)
   for name, x in vit_layout.blocks_from_torch(
       sd, 'blocks.', depth, width, heads, has_qv, has_qkv).items():
     params[f'encoder/layers/{name}'] = x
@@ -355,15 +351,7 @@ def read_mae(sd: Mapping[str, Any], options: Options) -> Converted:
     params['encoder_norm/scale'] = f32('norm.weight')
     params['encoder_norm/bias'] = f32('norm.bias')
   if kind == 'pretrain':
-    params.update({
-        'decoder_embed/kernel': vit_layout.linear(sd['decoder_embed.weight']),
-        'decoder_embed/bias': f32('decoder_embed.bias'),
-        'mask_token': f32('mask_token'),
-        'decoder_norm/scale': f32('decoder_norm.weight'),
-        'decoder_norm/bias': f32('decoder_norm.bias'),
-        'decoder_pred/kernel': vit_layout.linear(sd['decoder_pred.weight']),
-        'decoder_pred/bias': f32('decoder_pred.bias'),
-    })
+    params.update(vit_layout.decoder_ends_from_torch(sd))
     for name, x in vit_layout.blocks_from_torch(
         sd, 'decoder_blocks.', dec_depth, dec_width, dec_heads, dec_qv,
         dec_qkv).items():

@@ -246,3 +246,26 @@ def conv_from_patch_kernel(kernel, patch: Sequence[int], channels: int
   assert kernel.shape[0] == math.prod(patch) * channels, kernel.shape
   w = kernel.reshape(*patch, channels, width)
   return np.ascontiguousarray(w.transpose(n + 1, n, *range(n)))
+
+
+def stem_from_torch(sd) -> dict[str, np.ndarray]:
+  """The official MAE layout's patch embedding (a Conv2d) and cls token ->
+  mae_jax paths (AudioMAE's models share it)."""
+  f32 = lambda key: as_array(sd[key]).astype(np.float32)
+  return {'patch_embed/kernel': patch_kernel_from_conv(
+              sd['patch_embed.proj.weight']),
+          'patch_embed/bias': f32('patch_embed.proj.bias'),
+          'cls_token': f32('cls_token')}
+
+
+def decoder_ends_from_torch(sd) -> dict[str, np.ndarray]:
+  """The official MAE decoder around its blocks (decoder_embed, mask_token,
+  decoder_norm, decoder_pred) -> mae_jax paths."""
+  f32 = lambda key: as_array(sd[key]).astype(np.float32)
+  return {'decoder_embed/kernel': linear(sd['decoder_embed.weight']),
+          'decoder_embed/bias': f32('decoder_embed.bias'),
+          'mask_token': f32('mask_token'),
+          'decoder_norm/scale': f32('decoder_norm.weight'),
+          'decoder_norm/bias': f32('decoder_norm.bias'),
+          'decoder_pred/kernel': linear(sd['decoder_pred.weight']),
+          'decoder_pred/bias': f32('decoder_pred.bias')}
