@@ -1,5 +1,6 @@
 """Multi-label sets (AudioSet-style): mAP against sklearn, multi-hot targets,
-the sigmoid loss, and the checks that keep single-label tools off them."""
+the sigmoid loss, and the checks that keep single-label tools off them
+(with the check of classify.masking, token masking while fine-tuning)."""
 
 import jax.numpy as jnp
 import numpy as np
@@ -66,6 +67,11 @@ def test_multi_label_config_checks():
   c.classify.num_classes = 4
   with pytest.raises(ValueError, match=r'classify\.num_classes=4: must equal '
                      r'config\.data\.num_classes=5'):
+    tasks.check(c)
+  c = _multi_config()
+  c.classify.masking = 'adaptive'  # needs the model's sampler: not here
+  with pytest.raises(ValueError, match=r"classify\.masking='adaptive': needs "
+                     r'a strategy that is a function of the key alone'):
     tasks.check(c)
   c = _multi_config()
   c.task = 'pretrain'  # the data checks alone
