@@ -111,11 +111,43 @@ class MetricWriter:
       print(text, flush=True)
 
   def close(self) -> None:
-    if self.enabled:
-      self._jsonl.close()
-      self._tb.close()
-      for t in self._trackers:
-        t.close()
+    """Closes every output, each even when another fails (a full disk);
+    then raises the first failure."""
+    if not self.enabled:
+      return
+    failed = []
+    for close in (self._jsonl.close, lambda: _close_tensorboard(self._tb),
+                  *(t.close for t in self._trackers)):
+      try:
+        close()
+      except Exception as e:  # pylint: disable=broad-except
+        failed.append(e)
+    if failed:
+      raise failed[0]
+
+
+def _close_tensorboard(tb) -> None:
+  """tb.close(), finished by hand when its final flush fails (a full disk).
+  tensorboardX would otherwise print tracebacks at exit, after the run's
+  one-line error: its writer thread, left waiting on its queue, dies when
+  the interpreter closes the queue, and its atexit hook retries the flush.
+  So the thread is stopped and the event writer marked closed (tensorboardX
+  2.6 internals, looked up defensively)."""
+  try:
+    tb.close()
+  finally:
+    for file_writer in list((getattr(tb, 'all_writers', None) or {}).values()):
+      events = getattr(file_writer, 'event_writer', None)
+      if events is None or getattr(events, '_closed', True):
+        continue
+      worker = getattr(events, '_worker', None)
+      if worker is not None and worker.is_alive():
+        worker.stop()
+      try:
+        events._ev_writer.close()  # pylint: disable=protected-access
+      except OSError:
+        pass  # the same full disk: the first error is already raised
+      events._closed = True  # pylint: disable=protected-access
 
 
 class Throughput:

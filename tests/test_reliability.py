@@ -142,6 +142,27 @@ def _in_namespace(script: str, tmp_path, timeout=240):
                         text=True, capture_output=True, timeout=timeout)
 
 
+def test_metric_writer_closes_everything_when_a_flush_fails(tmp_path):
+  """A full disk fails TensorBoard's final flush: metrics.jsonl is still
+  closed, the error is raised, and tensorboardX's writer thread is stopped
+  (left waiting, it printed a traceback at exit, after the one-line error)."""
+  from mae_jax import metrics  # pylint: disable=g-import-not-at-top
+  writer = metrics.MetricWriter(str(tmp_path), progress=False)
+  writer.write(1, {'loss': 1.0})
+  (file_writer,) = writer._tb.all_writers.values()
+  events = file_writer.event_writer
+  worker = events._worker
+
+  def full(*args):
+    raise OSError(28, 'No space left on device')
+
+  events._ev_writer.flush = full
+  with pytest.raises(OSError, match='No space left'):
+    writer.close()
+  assert writer._jsonl.closed and not worker.is_alive()
+  assert events._closed  # tensorboardX's atexit hook does not flush again
+
+
 @needs_namespaces
 def test_disk_full_during_a_save_stops_with_one_message(tmp_path):
   """A tmpfs with room for about two checkpoints; the run saves every 2
