@@ -273,20 +273,14 @@ def read_audiomae(sd: Mapping[str, Any], options: Options) -> Converted:
           f'the checkpoint\'s args.decoder_mode={mode}, but its decoder '
           'blocks are ' + ('local (attn.tau, attn.meta_mlp: decoder_mode 1)'
                            if local else 'ViT blocks (decoder_mode 0)'))
-    report.expect('decoder_embed.weight', (dec_width, width))
-    report.expect('decoder_embed.bias', (dec_width,))
-    report.expect('mask_token', (1, 1, dec_width))
-    report.expect('decoder_pos_embed', (1, 1 + tokens, dec_width))
+    vit_layout.expect_decoder_ends(report, width, dec_width, tokens,
+                                   patch_dim)
     if local:
       dec_heads, dec_qv, dec_qkv = _expect_local_blocks(
           report, sd, dec_depth, dec_width, dec_mlp)
     else:
       dec_qv, dec_qkv = vit_layout.expect_blocks(
           report, sd, 'decoder_blocks.', dec_depth, dec_width, dec_mlp)
-    report.expect('decoder_norm.weight', (dec_width,))
-    report.expect('decoder_norm.bias', (dec_width,))
-    report.expect('decoder_pred.weight', (patch_dim, dec_width))
-    report.expect('decoder_pred.bias', (patch_dim,))
   report.check()
 
   # Sizes.

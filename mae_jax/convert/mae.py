@@ -236,16 +236,10 @@ def read_mae(sd: Mapping[str, Any], options: Options) -> Converted:
       raise ConvertError('no decoder_blocks.<j>.* keys beside the decoder\'s '
                          f'other keys: not {WHAT}, or a truncated one')
     dec_mlp = int(_require(sd, 'decoder_blocks.0.mlp.fc1.weight').shape[0])
-    report.expect('decoder_embed.weight', (dec_width, width))
-    report.expect('decoder_embed.bias', (dec_width,))
-    report.expect('mask_token', (1, 1, dec_width))
-    report.expect('decoder_pos_embed', (1, 1 + tokens, dec_width))
+    vit_layout.expect_decoder_ends(report, width, dec_width, tokens,
+                                   patch_dim)
     dec_qv, dec_qkv = vit_layout.expect_blocks(
         report, sd, 'decoder_blocks.', dec_depth, dec_width, dec_mlp)
-    report.expect('decoder_norm.weight', (dec_width,))
-    report.expect('decoder_norm.bias', (dec_width,))
-    report.expect('decoder_pred.weight', (patch_dim, dec_width))
-    report.expect('decoder_pred.bias', (patch_dim,))
   report.check()
 
   # Sizes.

@@ -269,3 +269,17 @@ def decoder_ends_from_torch(sd) -> dict[str, np.ndarray]:
           'decoder_norm/bias': f32('decoder_norm.bias'),
           'decoder_pred/kernel': linear(sd['decoder_pred.weight']),
           'decoder_pred/bias': f32('decoder_pred.bias')}
+
+
+def expect_decoder_ends(report: Report, width: int, dec_width: int,
+                        tokens: int, patch_dim: int) -> None:
+  """Expects the official decoder's keys around its blocks, with shapes for
+  an encoder `width` wide, `tokens` patches of `patch_dim` values."""
+  report.expect('decoder_embed.weight', (dec_width, width))
+  report.expect('decoder_embed.bias', (dec_width,))
+  report.expect('mask_token', (1, 1, dec_width))
+  report.expect('decoder_pos_embed', (1, 1 + tokens, dec_width))
+  report.expect('decoder_norm.weight', (dec_width,))
+  report.expect('decoder_norm.bias', (dec_width,))
+  report.expect('decoder_pred.weight', (patch_dim, dec_width))
+  report.expect('decoder_pred.bias', (patch_dim,))
