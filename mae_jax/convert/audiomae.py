@@ -219,7 +219,6 @@ def _read_finetuned(sd: Mapping[str, Any], options: Options) -> Converted:
           'classifiers')
 def read_audiomae(sd: Mapping[str, Any], options: Options) -> Converted:
   from mae_jax import config as config_lib, recipes  # pylint: disable=g-import-not-at-top
-  from mae_jax.models import vit  # pylint: disable=g-import-not-at-top
 
   kind = mae_format.kind_of(sd)
   if kind == 'classify':
@@ -284,14 +283,8 @@ def read_audiomae(sd: Mapping[str, Any], options: Options) -> Converted:
   report.check()
 
   # Sizes.
-  size_name = vit_layout.variant_name(width, depth, mlp)
-  heads = vit.decode_variant(f'{size_name}/1').num_heads
-  if options.num_heads and options.num_heads != heads:
-    raise ConvertError(
-        f'--num_heads={options.num_heads}: mae_jax\'s ViT-{size_name} has '
-        f'{heads} heads (the official ViT-B 12); a model trained with other '
-        'heads cannot be represented')
-  variant = f'{size_name}/{ph}' if ph == pw else f'{size_name}/{ph}x{pw}'
+  size_name, heads, variant = vit_layout.encoder_variant(
+      width, depth, mlp, (ph, pw), options.num_heads)
   shift = (0, 0) if args.get('no_shift') is True else OFFICIAL_SHIFT
   if kind == 'pretrain':
     if local:

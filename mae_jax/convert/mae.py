@@ -181,7 +181,6 @@ def check_fixed_table(sd, key: str, grid: tuple[int, ...], width: int
           'without the decoder) and fine-tuned classifiers')
 def read_mae(sd: Mapping[str, Any], options: Options) -> Converted:
   from mae_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-  from mae_jax.models import vit  # pylint: disable=g-import-not-at-top
 
   kind = kind_of(sd)
   args = dict(options.checkpoint_args)
@@ -243,14 +242,8 @@ def read_mae(sd: Mapping[str, Any], options: Options) -> Converted:
   report.check()
 
   # Sizes.
-  size = vit_layout.variant_name(width, depth, mlp)
-  heads = vit.decode_variant(f'{size}/1').num_heads
-  if options.num_heads and options.num_heads != heads:
-    raise ConvertError(
-        f'--num_heads={options.num_heads}: mae_jax\'s ViT-{size} has {heads} '
-        'heads (mae_jax\'s size table; the official ViT-B/L/H have the '
-        'same); a model trained with other heads cannot be represented')
-  variant = f'{size}/{ph}' if ph == pw else f'{size}/{ph}x{pw}'
+  size, heads, variant = vit_layout.encoder_variant(
+      width, depth, mlp, (ph, pw), options.num_heads)
   decoder = None
   if kind == 'pretrain':
     dec_heads = options.decoder_heads or (

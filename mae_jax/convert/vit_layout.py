@@ -283,3 +283,20 @@ def expect_decoder_ends(report: Report, width: int, dec_width: int,
   report.expect('decoder_norm.bias', (dec_width,))
   report.expect('decoder_pred.weight', (patch_dim, dec_width))
   report.expect('decoder_pred.bias', (patch_dim,))
+
+
+def encoder_variant(width: int, depth: int, mlp: int, patch: Sequence[int],
+                    num_heads: int | None) -> tuple[str, int, str]:
+  """The shapes of an official encoder -> (mae_jax size name, its heads,
+  model.variant). num_heads: what the user says the model was trained with
+  (None: the size table's); another count cannot be represented."""
+  size = variant_name(width, depth, mlp)
+  from mae_jax.models import vit  # pylint: disable=g-import-not-at-top
+  heads = vit.decode_variant(f'{size}/1').num_heads
+  if num_heads and num_heads != heads:
+    raise ConvertError(
+        f'--num_heads={num_heads}: mae_jax\'s ViT-{size} has {heads} heads '
+        '(mae_jax\'s size table; the official ViT-B/L/H have the same); a '
+        'model trained with other heads cannot be represented')
+  ph, pw = patch
+  return size, heads, f'{size}/{ph}' if ph == pw else f'{size}/{ph}x{pw}'

@@ -224,7 +224,7 @@ class LocalBlock(nnx.Module):
     return constrain(x, ('batch', 'length', 'act_embed'))
 
 
-class LocalBlockStack(nnx.Module):
+class LocalBlockStack(vit.ScannedStack):
   """`depth` LocalBlocks, parameters stacked on a leading 'layers' axis
   (the layout of vit.BlockStack), applied with lax.scan; blocks 1, 3, 5, ...
   use the shifted windows. x: [B, L, E] -> [B, L, E]."""
@@ -234,31 +234,15 @@ class LocalBlockStack(nnx.Module):
                shift: Sequence[int], dtype, remat: str = 'none',
                remat_names: Sequence[str] = (), scan_unroll: int = 1,
                rngs: nnx.Rngs):
-    @nnx.split_rngs(splits=depth)
-    @nnx.vmap(in_axes=(0,), out_axes=0,
-              transform_metadata={nnx.PARTITION_NAME: 'layers'})
-    def make(rngs: nnx.Rngs) -> LocalBlock:
-      return LocalBlock(width, mlp_dim, num_heads, grid=grid, window=window,
-                        shift=shift, dtype=dtype, rngs=rngs)
-
-    self.layers = make(rngs)
-    self.remat, self.remat_names = remat, tuple(remat_names)
-    self.scan_unroll = scan_unroll
-    vit.remat_policy(remat, remat_names)  # validate early
+    self.init_stack(
+        depth, lambda r: LocalBlock(width, mlp_dim, num_heads, grid=grid,
+                                    window=window, shift=shift, dtype=dtype,
+                                    rngs=r),
+        remat=remat, remat_names=remat_names, scan_unroll=scan_unroll,
+        rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    graphdef, stacked = nnx.split(self.layers)
-    depth = jax.tree.leaves(stacked)[0].shape[0]
-
-    def body(x, scanned):
-      layer_params, shifted = scanned
-      return nnx.merge(graphdef, layer_params)(x, shifted), None
-
-    use_remat, policy = vit.remat_policy(self.remat, self.remat_names)
-    if use_remat:
-      body = jax.checkpoint(body, policy=policy, prevent_cse=False)
     # One scanned body for all blocks: the shift is data (a bool per block),
     # so the even and odd blocks share one compiled block.
-    shifted = jnp.arange(depth) % 2 == 1
-    x, _ = jax.lax.scan(body, x, (stacked, shifted), unroll=self.scan_unroll)
-    return x
+    shifted = jnp.arange(self.depth) % 2 == 1
+    return self.scan(x, shifted, lambda block, x, s: block(x, s))

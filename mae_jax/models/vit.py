@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -219,52 +219,73 @@ def remat_policy(name: str, names: Sequence[str] = ()):
   return policies[name]
 
 
-class BlockStack(nnx.Module):
-  """`depth` blocks whose parameters are stacked on a leading 'layers' axis.
+class ScannedStack(nnx.Module):
+  """`depth` blocks whose parameters are stacked on a leading 'layers' axis,
+  applied with lax.scan, so compile time does not grow with depth and a remat
+  policy wraps one block. Subclasses build the blocks (init_stack) and say
+  what each one gets per layer (scan)."""
 
-  Applied with lax.scan, so compile time does not grow with depth and a remat
-  policy wraps one block. x: [B, T, D] -> [B, T, D].
-  """
-
-  def __init__(self, depth: int, width: int, mlp_dim: int, num_heads: int, *,
-               dtype, attention, remat: str = 'none',
-               remat_names: Sequence[str] = (), scan_unroll: int = 1,
-               rngs: nnx.Rngs):
+  def init_stack(self, depth: int, make_block: Callable[[nnx.Rngs], Any], *,
+                 remat: str, remat_names: Sequence[str], scan_unroll: int,
+                 rngs: nnx.Rngs) -> None:
     @nnx.split_rngs(splits=depth)
     @nnx.vmap(in_axes=(0,), out_axes=0,
               transform_metadata={nnx.PARTITION_NAME: 'layers'})
-    def make(rngs: nnx.Rngs) -> Block:
-      return Block(width, mlp_dim, num_heads, dtype=dtype, attention=attention,
-                   rngs=rngs)
+    def make(rngs: nnx.Rngs):
+      return make_block(rngs)
 
     self.layers = make(rngs)
     self.remat, self.remat_names = remat, tuple(remat_names)
     self.scan_unroll = scan_unroll
     remat_policy(remat, remat_names)  # validate early
 
+  @property
+  def depth(self) -> int:
+    return jax.tree.leaves(nnx.split(self.layers)[1])[0].shape[0]
+
+  def scan(self, x: jax.Array, per_layer, apply) -> jax.Array:
+    """x through the blocks in order: apply(block, x, per_layer[i]) -> x,
+    per_layer a pytree of [depth, ...] arrays (rates, keys, flags)."""
+    graphdef, stacked = nnx.split(self.layers)
+
+    def body(x, scanned):
+      layer_params, extra = scanned
+      return apply(nnx.merge(graphdef, layer_params), x, extra), None
+
+    use_remat, policy = remat_policy(self.remat, self.remat_names)
+    if use_remat:
+      body = jax.checkpoint(body, policy=policy, prevent_cse=False)
+    x, _ = jax.lax.scan(body, x, (stacked, per_layer),
+                        unroll=self.scan_unroll)
+    return x
+
+
+class BlockStack(ScannedStack):
+  """`depth` ViT blocks (ScannedStack). x: [B, T, D] -> [B, T, D]."""
+
+  def __init__(self, depth: int, width: int, mlp_dim: int, num_heads: int, *,
+               dtype, attention, remat: str = 'none',
+               remat_names: Sequence[str] = (), scan_unroll: int = 1,
+               rngs: nnx.Rngs):
+    self.init_stack(
+        depth, lambda r: Block(width, mlp_dim, num_heads, dtype=dtype,
+                               attention=attention, rngs=r),
+        remat=remat, remat_names=remat_names, scan_unroll=scan_unroll,
+        rngs=rngs)
+
   def __call__(self, x: jax.Array, drop_path_rate: float = 0.0,
                rng: jax.Array | None = None) -> jax.Array:
     """drop_path_rate > 0 with an rng: block i drops its residual branches
     at rate drop_path_rate * i / (depth - 1) (the linear rule of timm's ViT,
     used by MAE fine-tuning)."""
-    graphdef, stacked = nnx.split(self.layers)
-    depth = jax.tree.leaves(stacked)[0].shape[0]
+    depth = self.depth
     drop = drop_path_rate > 0 and rng is not None
-
-    def body(x, scanned):
-      layer_params, rate, key = scanned
-      block = nnx.merge(graphdef, layer_params)
-      return block(x, (rate, key) if drop else None), None
-
-    use_remat, policy = remat_policy(self.remat, self.remat_names)
-    if use_remat:
-      body = jax.checkpoint(body, policy=policy, prevent_cse=False)
     rates = jnp.linspace(0.0, drop_path_rate, depth, dtype=jnp.float32)
     keys = (jax.random.split(rng, depth) if drop
             else jnp.zeros((depth,), jnp.uint32))
-    x, _ = jax.lax.scan(body, x, (stacked, rates, keys),
-                        unroll=self.scan_unroll)
-    return x
+    return self.scan(
+        x, (rates, keys),
+        lambda block, x, rk: block(x, rk if drop else None))
 
 
 def count_params(tree) -> int:
